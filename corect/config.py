@@ -1,0 +1,301 @@
+"""The one configuration object of corect.
+
+A run is described by a :class:`Config` made of three dataclasses (``data``, ``model``,
+``train``). It is loaded from YAML (:func:`load_config`), optionally changed by
+``--set section.key=value`` overrides, validated with messages that name the offending
+key, and passed down whole: no module reads command-line flags of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+MODALITIES = ("t", "a", "v")
+ENCODER_KINDS = ("mlp", "transformer", "lstm")
+EDGE_TYPES = ("temp", "multi", "temp_multi")
+MODEL_NAMES = (
+    "corect",
+    "early",
+    "late",
+    "gated",
+    "tensor",
+    "lowrank",
+    "xattn",
+    "attnpool",
+    "moe",
+    "context",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Size and difficulty of the embedded synthetic dataset (see corect.data.synthetic)."""
+
+    seed: int = 0
+    train_dialogues: int = 120
+    dev_dialogues: int = 20
+    test_dialogues: int = 31
+    min_length: int = 20
+    max_length: int = 70
+    dims: dict[str, int] = field(default_factory=lambda: {"t": 384, "a": 100, "v": 512})
+    noise: float = 1.6
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to read and which modalities to use."""
+
+    # Dataset directory in the corect format; empty = the embedded synthetic dataset,
+    # generated (once) under `cache_dir`.
+    path: str = ""
+    modalities: str = "tav"
+    cache_dir: str = "runs/.cache"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. Defaults are CORECT's published sizes."""
+
+    name: str = "corect"
+    hidden_size: int = 100
+    # Unimodal encoder per modality: mlp | transformer | lstm.
+    encoders: dict[str, str] = field(
+        default_factory=lambda: {"t": "transformer", "a": "mlp", "v": "mlp"}
+    )
+    encoder_layers: int = 2
+    encoder_heads: int = 2
+    dropout: float = 0.5
+    # 0 = as many speaker slots as the dataset's largest dialogue has parties.
+    num_speakers: int = 0
+    use_speaker: bool = True
+    # Causal mode: no prediction depends on a later utterance (edges, attention, recurrence).
+    causal: bool = False
+    # CORECT parts and ablations.
+    use_rtgcn: bool = True
+    use_pcm: bool = True
+    edge_types: str = "temp_multi"
+    wp: int = 11  # past window (-1 = unbounded)
+    wf: int = 5  # future window (-1 = unbounded); forced to 0 in causal mode
+    gnn_heads: int = 7
+    pcm_layers: int = 2
+    pcm_heads: int = 2
+    pcm_self_layers: int = 3
+    # Fusion baselines.
+    fusion: str = "early"  # the fusion used inside `context`
+    gate_bias_modality: str = "t"  # `gated`: the gate starts biased toward this modality
+    gate_bias: float = 1.0
+    lowrank_rank: int = 4
+    moe_experts_hidden: int = 100
+    late_learned_weights: bool = False
+    context_layers: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, selection and bookkeeping."""
+
+    epochs: int = 50
+    batch_size: int = 10
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 2.5e-4
+    weight_decay: float = 1e-8
+    grad_clip: float = 5.0  # 0 = off
+    class_weights: bool = False
+    scheduler_patience: int = 5  # ReduceLROnPlateau on dev loss; -1 = no scheduler
+    scheduler_factor: float = 0.5
+    early_stopping: int = 15  # epochs without dev weighted-F1 gain; 0 = off
+    modality_dropout: float = 0.0  # probability to blank one modality of a dialogue in training
+    seed: int = 24
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA
+    runs_dir: str = "runs"
+    run_name: str = ""  # empty = <date-time>-seed<seed>
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    """A whole run: data, model and training."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> Config:
+        """Check every value; raise :class:`ConfigError` naming the key at fault."""
+        mods = self.data.modalities
+        if not mods or any(m not in MODALITIES for m in mods) or len(set(mods)) != len(mods):
+            raise ConfigError(
+                f"data.modalities={mods!r}: use distinct letters from {''.join(MODALITIES)}, "
+                "for example 'tav', 'ta' or 't'"
+            )
+        m = self.model
+        if m.name not in MODEL_NAMES:
+            raise ConfigError(f"model.name={m.name!r}: choose one of {', '.join(MODEL_NAMES)}")
+        if m.fusion not in MODEL_NAMES or m.fusion in ("corect", "context"):
+            raise ConfigError(f"model.fusion={m.fusion!r}: choose a fusion baseline name")
+        for mod in mods:
+            kind = m.encoders.get(mod)
+            if kind not in ENCODER_KINDS:
+                raise ConfigError(
+                    f"model.encoders.{mod}={kind!r}: choose one of {', '.join(ENCODER_KINDS)}"
+                )
+        if m.edge_types not in EDGE_TYPES:
+            raise ConfigError(f"model.edge_types={m.edge_types!r}: one of {', '.join(EDGE_TYPES)}")
+        if m.gate_bias_modality not in MODALITIES:
+            raise ConfigError(f"model.gate_bias_modality={m.gate_bias_modality!r}: t, a or v")
+        for key in ("wp", "wf"):
+            if getattr(m, key) < -1:
+                raise ConfigError(f"model.{key}={getattr(m, key)}: use -1 (unbounded) or >= 0")
+        positive = {
+            "model.hidden_size": m.hidden_size,
+            "model.encoder_layers": m.encoder_layers,
+            "model.encoder_heads": m.encoder_heads,
+            "model.gnn_heads": m.gnn_heads,
+            "model.pcm_layers": m.pcm_layers,
+            "model.pcm_heads": m.pcm_heads,
+            "model.pcm_self_layers": m.pcm_self_layers,
+            "model.lowrank_rank": m.lowrank_rank,
+            "model.context_layers": m.context_layers,
+            "train.epochs": self.train.epochs,
+            "train.batch_size": self.train.batch_size,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key}={value}: must be at least 1")
+        if m.hidden_size % m.encoder_heads:
+            raise ConfigError(
+                f"model.hidden_size={m.hidden_size} must be divisible by "
+                f"model.encoder_heads={m.encoder_heads}"
+            )
+        if m.hidden_size % m.pcm_heads:
+            raise ConfigError(
+                f"model.hidden_size={m.hidden_size} must be divisible by "
+                f"model.pcm_heads={m.pcm_heads}"
+            )
+        for key, value in (
+            ("model.dropout", m.dropout),
+            ("train.modality_dropout", self.train.modality_dropout),
+        ):
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{key}={value}: must be in [0, 1)")
+        t = self.train
+        if t.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"train.optimizer={t.optimizer!r}: adam or adamw")
+        if t.lr <= 0:
+            raise ConfigError(f"train.lr={t.lr}: must be positive")
+        if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
+            raise ConfigError(f"train.device={t.device!r}: auto, cpu, cuda or cuda:N")
+        return self
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build dataclass `cls` from a dict, rejecting unknown keys with their full path."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(where + k for k in unknown)}; "
+            f"known keys under {where or 'the top level'}: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{where}{name}")
+    obj = cls()
+    for name, value in kwargs.items():
+        current = getattr(obj, name)
+        if isinstance(current, dict) and isinstance(value, dict):
+            value = {**current, **value}  # partial dict overrides keep the other entries
+        setattr(obj, name, value)
+    return obj
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = getattr(hint, "__origin__", None)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a (possibly partial) nested dict."""
+    return _build(Config, values or {}, "").validate()
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested dict."""
+    values = dict(values)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=5")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = values
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    values = apply_overrides(values, overrides or [])
+    try:
+        return config_from_dict(values)
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from None
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data: the on-disk format, batching, and the embedded synthetic dataset."""

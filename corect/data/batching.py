@@ -1,0 +1,91 @@
+"""A padded batch of dialogues: the contract between data and models.
+
+Every model takes a :class:`Batch` and returns logits ``[N, classes]`` for the N real
+(unpadded) utterances of the batch, dialogue after dialogue, in dialogue order. Labels
+come flattened the same way, so ``loss(model(batch), batch.labels)`` needs no reshaping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import torch
+
+from corect.data.format import SplitData
+
+
+@dataclass
+class Batch:
+    """B dialogues padded to the longest one (T utterances)."""
+
+    features: dict[str, torch.Tensor]  # modality -> [B, T, D_m], zero at padding
+    lengths: torch.Tensor  # [B] int64 (kept on CPU too, see `lengths_cpu`)
+    mask: torch.Tensor  # [B, T] bool, True at real utterances
+    speakers: torch.Tensor  # [B, T] int64 per-dialogue party index, 0 at padding
+    labels: torch.Tensor  # [N] int64 flattened real utterances, -1 = unlabeled
+    positions: torch.Tensor  # [B, T] int64 position of each utterance in its dialogue
+    lengths_cpu: torch.Tensor  # [B] int64 on CPU, for graph building and packing
+    dialogue_index: torch.Tensor  # [B] int64 index of each dialogue in its split
+
+    @property
+    def modalities(self) -> str:
+        return "".join(self.features)
+
+    @property
+    def num_utterances(self) -> int:
+        return int(self.lengths_cpu.sum())
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Move every tensor (except `lengths_cpu`) to `device` once."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "lengths_cpu":
+                moved[f.name] = value
+            elif isinstance(value, dict):
+                moved[f.name] = {k: v.to(device, non_blocking=True) for k, v in value.items()}
+            else:
+                moved[f.name] = value.to(device, non_blocking=True)
+        return Batch(**moved)
+
+
+def collate(split: SplitData, dialogue_indices: torch.Tensor | list[int]) -> Batch:
+    """Gather dialogues of `split` into a padded batch, with one index per tensor (no loop
+    over utterances)."""
+    idx = torch.as_tensor(dialogue_indices, dtype=torch.long)
+    starts = split.offsets[idx]
+    lengths = split.offsets[idx + 1] - starts
+    t_max = int(lengths.max())
+    positions = torch.arange(t_max).unsqueeze(0).expand(len(idx), t_max)
+    mask = positions < lengths.unsqueeze(1)
+    rows = (starts.unsqueeze(1) + positions).masked_fill(~mask, 0)
+    features = {m: x[rows].masked_fill(~mask.unsqueeze(-1), 0.0) for m, x in split.features.items()}
+    return Batch(
+        features=features,
+        lengths=lengths,
+        mask=mask,
+        speakers=split.parties[rows].masked_fill(~mask, 0),
+        labels=split.labels[rows[mask]],
+        positions=positions.masked_fill(~mask, 0).contiguous(),
+        lengths_cpu=lengths,
+        dialogue_index=idx,
+    )
+
+
+def iterate_batches(
+    split: SplitData,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[Batch]:
+    """Yield batches over a split; shuffled with `generator` when `shuffle` is True."""
+    n = split.num_dialogues
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield collate(split, order[start : start + batch_size])
+
+
+def num_batches(split: SplitData, batch_size: int) -> int:
+    return (split.num_dialogues + batch_size - 1) // batch_size

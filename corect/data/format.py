@@ -1,0 +1,363 @@
+"""The corect dataset format on disk: a JSON manifest plus one safetensors file per split.
+
+Layout of a dataset directory::
+
+    manifest.json        name, task, labels, modalities and dims, splits, speakers
+    train.safetensors    features.<m> [N, D_m] float32, labels [N] int64,
+    dev.safetensors      speakers [N] int64 (index into manifest "speakers"),
+    test.safetensors     offsets [D + 1] int64 (dialogue d = rows offsets[d]:offsets[d+1])
+    <split>.texts.json   optional: the utterance texts, one list per dialogue
+
+The manifest lists each split's dialogue ids in the order of the offsets. Labels index
+into the manifest's ordered ``labels``; -1 marks an unlabeled utterance (ignored by the
+loss and metrics). Everything loads without pickle, and :func:`load_dataset` validates
+it: a bad file fails with an error that names the file, the dialogue and the field.
+
+Writers build :class:`DialogueRecord` objects and call :func:`write_dataset`, which
+writes into a temporary directory and renames it into place, so a failed conversion
+never leaves a half-written dataset or destroys a previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "dev", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or inconsistent; the message names file, dialogue, field."""
+
+
+@dataclass
+class DialogueRecord:
+    """One dialogue as converters produce it.
+
+    `labels` are indices into the dataset's label list (-1 = unlabeled); `features` maps a
+    modality letter to an array of shape [len(speakers), dim].
+    """
+
+    id: str
+    speakers: list[str]
+    labels: list[int]
+    features: dict[str, np.ndarray]
+    texts: list[str] | None = None
+
+
+@dataclass
+class SplitData:
+    """All utterances of one split, concatenated dialogue after dialogue."""
+
+    dialogue_ids: list[str]
+    offsets: torch.Tensor  # [D + 1] int64
+    features: dict[str, torch.Tensor]  # modality -> [N, dim] float32
+    labels: torch.Tensor  # [N] int64, -1 = unlabeled
+    speakers: torch.Tensor  # [N] int64, index into Dataset.speaker_names
+    parties: torch.Tensor  # [N] int64, per-dialogue party index (0, 1, ... by first turn)
+    texts: list[list[str]] | None = None
+
+    @property
+    def num_dialogues(self) -> int:
+        return len(self.dialogue_ids)
+
+    @property
+    def num_utterances(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def select_modalities(self, modalities: str) -> SplitData:
+        return SplitData(
+            self.dialogue_ids,
+            self.offsets,
+            {m: self.features[m] for m in modalities},
+            self.labels,
+            self.speakers,
+            self.parties,
+            self.texts,
+        )
+
+
+@dataclass
+class Dataset:
+    """A loaded, validated dataset."""
+
+    name: str
+    task: str
+    labels: list[str]
+    dims: dict[str, int]
+    speaker_names: list[str]
+    splits: dict[str, SplitData] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def max_parties(self) -> int:
+        return max(int(s.parties.max()) + 1 for s in self.splits.values() if s.num_utterances)
+
+    def select_modalities(self, modalities: str) -> Dataset:
+        """The same dataset restricted to `modalities` (letters); missing ones fail clearly."""
+        missing = [m for m in modalities if m not in self.dims]
+        if missing:
+            raise DatasetError(
+                f"{self.path}: modality {', '.join(missing)} requested but the dataset has "
+                f"only {''.join(self.dims)} (manifest field 'modalities')"
+            )
+        return Dataset(
+            self.name,
+            self.task,
+            self.labels,
+            {m: self.dims[m] for m in modalities},
+            self.speaker_names,
+            {k: s.select_modalities(modalities) for k, s in self.splits.items()},
+            self.path,
+        )
+
+
+def party_indices(speakers: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Per-dialogue party index of each utterance: 0 for the first speaker to talk, 1 for
+    the next new one, and so on. Vectorized over the whole split."""
+    n = speakers.numel()
+    if n == 0:
+        return speakers.clone()
+    lengths = offsets[1:] - offsets[:-1]
+    dialogue = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+    position = torch.arange(n) - offsets[:-1][dialogue]
+    # Key (dialogue, speaker); the first turn of each key gives its order of appearance.
+    key = dialogue * (int(speakers.max()) + 1) + speakers
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    first = torch.full((uniq.numel(),), n, dtype=torch.long).scatter_reduce(
+        0, inverse, position, reduce="amin"
+    )
+    key_dialogue = torch.zeros_like(uniq).scatter(0, inverse, dialogue)
+    # Rank each key's first position among keys of the same dialogue.
+    order = torch.argsort(key_dialogue * (n + 1) + first)
+    rank_in_sorted = torch.arange(uniq.numel())
+    sorted_dialogue = key_dialogue[order]
+    start_of_dialogue = torch.searchsorted(sorted_dialogue, sorted_dialogue, right=False)
+    rank = torch.empty_like(rank_in_sorted)
+    rank[order] = rank_in_sorted - start_of_dialogue
+    return rank[inverse]
+
+
+def write_dataset(
+    directory: str | Path,
+    *,
+    name: str,
+    task: str,
+    labels: Sequence[str],
+    dims: Mapping[str, int],
+    splits: Mapping[str, Sequence[DialogueRecord]],
+    extra: Mapping[str, object] | None = None,
+) -> Path:
+    """Write a dataset atomically: into a temporary sibling directory, then renamed.
+
+    Raises :class:`DatasetError` (naming the dialogue and field) on inconsistent records.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    speaker_names: list[str] = []
+    speaker_index: dict[str, int] = {}
+    manifest_splits: dict[str, dict[str, object]] = {}
+    tensors_by_split: dict[str, dict[str, torch.Tensor]] = {}
+    texts_by_split: dict[str, list[list[str]]] = {}
+    for split, dialogues in splits.items():
+        feats: dict[str, list[np.ndarray]] = {m: [] for m in dims}
+        all_labels: list[int] = []
+        all_speakers: list[int] = []
+        offsets = [0]
+        ids: list[str] = []
+        texts: list[list[str]] = []
+        for dialogue in dialogues:
+            where = f"split {split!r}, dialogue {dialogue.id!r}"
+            length = len(dialogue.speakers)
+            if length == 0:
+                raise DatasetError(f"{where}: field 'speakers' is empty (empty dialogue)")
+            if len(dialogue.labels) != length:
+                raise DatasetError(
+                    f"{where}: field 'labels' has {len(dialogue.labels)} entries, "
+                    f"'speakers' has {length}"
+                )
+            for m, dim in dims.items():
+                if m not in dialogue.features:
+                    raise DatasetError(f"{where}: field 'features.{m}' is missing")
+                array = np.asarray(dialogue.features[m], dtype=np.float32)
+                if array.shape != (length, dim):
+                    raise DatasetError(
+                        f"{where}: field 'features.{m}' has shape {tuple(array.shape)}, "
+                        f"expected ({length}, {dim})"
+                    )
+                feats[m].append(array)
+            for s in dialogue.speakers:
+                if s not in speaker_index:
+                    speaker_index[s] = len(speaker_names)
+                    speaker_names.append(s)
+                all_speakers.append(speaker_index[s])
+            all_labels.extend(int(x) for x in dialogue.labels)
+            offsets.append(offsets[-1] + length)
+            ids.append(str(dialogue.id))
+            if dialogue.texts is not None:
+                texts.append(list(dialogue.texts))
+        tensors = {
+            f"features.{m}": torch.from_numpy(
+                np.concatenate(parts) if parts else np.zeros((0, dims[m]), np.float32)
+            )
+            for m, parts in feats.items()
+        }
+        tensors["labels"] = torch.tensor(all_labels, dtype=torch.long)
+        tensors["speakers"] = torch.tensor(all_speakers, dtype=torch.long)
+        tensors["offsets"] = torch.tensor(offsets, dtype=torch.long)
+        tensors_by_split[split] = tensors
+        manifest_splits[split] = {"dialogues": ids, "utterances": offsets[-1]}
+        if texts and len(texts) == len(ids):
+            texts_by_split[split] = texts
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "task": task,
+        "labels": list(labels),
+        "modalities": {m: int(d) for m, d in dims.items()},
+        "speakers": speaker_names,
+        "splits": manifest_splits,
+        **(dict(extra) if extra else {}),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        for split, tensors in tensors_by_split.items():
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{split}.safetensors")
+        for split, texts in texts_by_split.items():
+            (tmp / f"{split}.texts.json").write_text(json.dumps(texts, ensure_ascii=False))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
+        # Validate what we wrote before it replaces anything.
+        load_dataset(tmp)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _dialogue_at(ids: list[str], offsets: torch.Tensor, row: int) -> str:
+    """'dialogue <id>, utterance <k>' for a row of a split."""
+    d = max(
+        0, min(int(torch.searchsorted(offsets, torch.tensor(row), right=True)) - 1, len(ids) - 1)
+    )
+    return f"dialogue {ids[d]!r}, utterance {row - int(offsets[d])}" if ids else f"row {row}"
+
+
+def load_dataset(directory: str | Path, modalities: str | None = None) -> Dataset:
+    """Load and validate a dataset directory; optionally keep only `modalities`."""
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        raise DatasetError(f"{manifest_path}: not found; is {directory} a corect dataset?")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{manifest_path}: not valid JSON: {err}") from err
+    for key in ("name", "task", "labels", "modalities", "speakers", "splits"):
+        if key not in manifest:
+            raise DatasetError(f"{manifest_path}: field {key!r} is missing")
+    labels = list(manifest["labels"])
+    dims = {str(m): int(d) for m, d in manifest["modalities"].items()}
+    speaker_names = list(manifest["speakers"])
+    dataset = Dataset(
+        manifest["name"], manifest["task"], labels, dims, speaker_names, path=directory
+    )
+    for split, info in manifest["splits"].items():
+        file = directory / f"{split}.safetensors"
+        if not file.is_file():
+            raise DatasetError(f"{file}: missing, but manifest lists split {split!r}")
+        tensors = load_file(file)
+        ids = [str(i) for i in info.get("dialogues", [])]
+        for key in ("labels", "speakers", "offsets"):
+            if key not in tensors:
+                raise DatasetError(f"{file}: field {key!r} is missing")
+        offsets, labels_t, speakers = tensors["offsets"], tensors["labels"], tensors["speakers"]
+        if offsets.numel() != len(ids) + 1 or int(offsets[0]) != 0:
+            raise DatasetError(
+                f"{file}: field 'offsets' has {offsets.numel()} entries for {len(ids)} "
+                "dialogues listed in the manifest (expected one more, starting at 0)"
+            )
+        lengths = offsets[1:] - offsets[:-1]
+        if (lengths <= 0).any():
+            bad = int(torch.nonzero(lengths <= 0)[0])
+            raise DatasetError(f"{file}: dialogue {ids[bad]!r} is empty (field 'offsets')")
+        n = int(offsets[-1])
+        if labels_t.numel() != n:
+            raise DatasetError(f"{file}: field 'labels' has {labels_t.numel()} rows, expected {n}")
+        bad_label = (labels_t < -1) | (labels_t >= len(labels))
+        if bad_label.any():
+            row = int(torch.nonzero(bad_label)[0])
+            raise DatasetError(
+                f"{file}: {_dialogue_at(ids, offsets, row)}: field 'labels' "
+                f"value {int(labels_t[row])} out of range for {len(labels)} classes"
+            )
+        if speakers.numel() != n:
+            raise DatasetError(
+                f"{file}: field 'speakers' has {speakers.numel()} rows, expected {n} "
+                "(speakers missing)"
+            )
+        bad_speaker = (speakers < 0) | (speakers >= len(speaker_names))
+        if bad_speaker.any():
+            row = int(torch.nonzero(bad_speaker)[0])
+            raise DatasetError(
+                f"{file}: {_dialogue_at(ids, offsets, row)}: field 'speakers' "
+                f"value {int(speakers[row])} is not in the manifest's {len(speaker_names)} "
+                "speakers"
+            )
+        features = {}
+        for m, dim in dims.items():
+            key = f"features.{m}"
+            if key not in tensors:
+                raise DatasetError(f"{file}: field {key!r} is missing (modality {m})")
+            x = tensors[key]
+            if x.dim() != 2 or x.shape[0] != n or x.shape[1] != dim:
+                raise DatasetError(
+                    f"{file}: field {key!r} has shape {tuple(x.shape)}, manifest says [{n}, {dim}]"
+                )
+            finite = torch.isfinite(x).all(dim=1)
+            if not finite.all():
+                row = int(torch.nonzero(~finite)[0])
+                raise DatasetError(
+                    f"{file}: {_dialogue_at(ids, offsets, row)}: field {key!r} has NaN or inf"
+                )
+            features[m] = x.float()
+        texts = None
+        text_file = directory / f"{split}.texts.json"
+        if text_file.is_file():
+            texts = json.loads(text_file.read_text())
+        dataset.splits[split] = SplitData(
+            ids,
+            offsets,
+            features,
+            labels_t.long(),
+            speakers.long(),
+            party_indices(speakers.long(), offsets),
+            texts,
+        )
+    if modalities is not None:
+        dataset = dataset.select_modalities(modalities)
+    return dataset
