@@ -1,0 +1,442 @@
+"""Benchmark: train several models over several seeds and tabulate their test scores.
+
+Example (CORECT against every fusion baseline, 3 seeds, on the embedded synthetic data)::
+
+    python -m corect.benchmark --models corect,early,late,gated --seeds 3
+
+For every model and seed this calls :func:`corect.train.train` with the base config plus
+the model's overrides, then writes under the output directory (default
+``<train.runs_dir>/benchmarks/<name>-<date-time>/``):
+
+- ``results.md``: a Markdown table, test accuracy / weighted F1 / macro F1 as mean ± std
+  over seeds (in %), dev weighted F1, parameter count, seconds per epoch, run directories;
+- ``results.json``: the same, plus every run's test metrics and the exact overrides;
+- ``runs/<model>-seed<k>/``: the training runs themselves;
+- ``benchmark.log``.
+
+Both result files are rewritten (atomically) after every run, so an interrupted
+benchmark leaves the finished runs tabulated (``"complete": false``). A failing run
+stops the benchmark with an error naming the model and seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from corect.config import MODEL_NAMES, Config, ConfigError, load_config
+
+log = logging.getLogger("corect.benchmark")
+
+FUSION_BASELINES = tuple(n for n in MODEL_NAMES if n not in ("corect", "context"))
+
+# Model name -> config overrides. Every config model name is a benchmark model as is;
+# CORECT's ablations are config switches of CORECT.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    **{name: (f"model.name={name}",) for name in MODEL_NAMES},
+    "corect-no-rtgcn": ("model.name=corect", "model.use_rtgcn=false"),
+    "corect-no-pcm": ("model.name=corect", "model.use_pcm=false"),
+    "corect-no-speaker": ("model.name=corect", "model.use_speaker=false"),
+    "corect-context-free": (
+        "model.name=corect",
+        "model.use_rtgcn=false",
+        "model.use_pcm=false",
+        "model.encoders={t: mlp, a: mlp, v: mlp}",
+    ),
+    **{
+        f"context-{fusion}": ("model.name=context", f"model.fusion={fusion}")
+        for fusion in FUSION_BASELINES
+    },
+}
+
+DEFAULT_MODELS = (
+    "corect",
+    "corect-no-rtgcn",
+    "corect-no-pcm",
+    "corect-no-speaker",
+    "corect-context-free",
+    *FUSION_BASELINES,
+    "context",
+)
+
+METRICS = (("accuracy", "Acc"), ("weighted_f1", "wF1"), ("macro_f1", "macro-F1"))
+
+
+def model_overrides(name: str) -> tuple[str, ...]:
+    """Config overrides of benchmark model `name`; unknown names fail with the list."""
+    if name not in VARIANTS:
+        raise ConfigError(f"--models: unknown model {name!r}; known models: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+@dataclass
+class RunResult:
+    """One finished training run."""
+
+    model: str
+    seed: int
+    run_dir: str
+    metrics: dict[str, Any]
+
+    def test(self, key: str) -> float:
+        return float(self.metrics["test"][key])
+
+    def to_dict(self) -> dict[str, Any]:
+        test = self.metrics.get("test", {})
+        dev = self.metrics.get("dev", {})
+        return {
+            "seed": self.seed,
+            "run_dir": self.run_dir,
+            "test": {k: test[k] for k in ("accuracy", "weighted_f1", "macro_f1") if k in test}
+            | {"per_class_f1": test.get("per_class_f1", {})},
+            "dev": {k: dev[k] for k in ("accuracy", "weighted_f1", "macro_f1") if k in dev},
+            "best_epoch": self.metrics.get("best_epoch"),
+            "num_parameters": self.metrics.get("num_parameters"),
+            "seconds_per_epoch": self.metrics.get("seconds_per_epoch"),
+        }
+
+
+@dataclass
+class Benchmark:
+    """Planned runs and their results; renders the table and the JSON."""
+
+    name: str
+    out_dir: Path
+    config_path: str | None
+    overrides: list[str]
+    models: list[str]
+    seeds: list[int]
+    command: str = ""
+    results: list[RunResult] = field(default_factory=list)
+
+    @property
+    def total_runs(self) -> int:
+        return len(self.models) * len(self.seeds)
+
+    def summary(self, model: str) -> dict[str, Any] | None:
+        runs = [r for r in self.results if r.model == model]
+        if not runs:
+            return None
+        out: dict[str, Any] = {"seeds": [r.seed for r in runs]}
+        for key, _ in METRICS:
+            out[key] = mean_std([100 * r.test(key) for r in runs])
+        dev = [r.metrics.get("dev", {}).get("weighted_f1") for r in runs]
+        out["dev_weighted_f1"] = mean_std([100 * d for d in dev]) if None not in dev else None
+        out["num_parameters"] = runs[0].metrics.get("num_parameters")
+        spe = [r.metrics.get("seconds_per_epoch") for r in runs]
+        out["seconds_per_epoch"] = sum(spe) / len(spe) if None not in spe else None
+        out["run_dirs"] = [r.run_dir for r in runs]
+        return out
+
+    def table(self) -> str:
+        """The Markdown table (mean ± sample std over seeds, in %)."""
+        header = [
+            "Model",
+            "Seeds",
+            *(f"Test {label} (%)" for _, label in METRICS),
+            "Dev wF1 (%)",
+            "Params",
+            "s/epoch",
+            "Runs",
+        ]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for model in self.models:
+            s = self.summary(model)
+            if s is None:
+                continue
+            params = s["num_parameters"]
+            spe = s["seconds_per_epoch"]
+            row = [
+                f"`{model}`",
+                str(len(s["seeds"])),
+                *(fmt_mean_std(s[key]) for key, _ in METRICS),
+                fmt_mean_std(s["dev_weighted_f1"]) if s["dev_weighted_f1"] else "-",
+                f"{params:,}" if isinstance(params, int) else "-",
+                f"{spe:.2f}" if spe is not None else "-",
+                ", ".join(f"`{d}`" for d in s["run_dirs"]),
+            ]
+            lines.append("| " + " | ".join(row) + " |")
+        return "\n".join(lines)
+
+    def to_dict(self, complete: bool) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "complete": complete,
+            "command": self.command,
+            "config": self.config_path,
+            "overrides": self.overrides,
+            "seeds": self.seeds,
+            "models": {
+                model: {
+                    "overrides": list(model_overrides(model)),
+                    "summary": self.summary(model),
+                    "runs": [r.to_dict() for r in self.results if r.model == model],
+                }
+                for model in self.models
+            },
+            "std": "sample standard deviation over seeds (0 with one seed); figures in %",
+        }
+
+    def write(self, complete: bool) -> None:
+        """Rewrite results.md and results.json atomically."""
+        title = f"# Benchmark {self.name}\n\n"
+        if self.command:
+            title += f"Command: `{self.command}`\n\n"
+        if not complete:
+            title += f"**Incomplete: {len(self.results)}/{self.total_runs} runs.**\n\n"
+        note = "\n\nMean ± sample std over seeds; test figures at the best dev epoch.\n"
+        write_atomic(self.out_dir / "results.md", title + self.table() + note)
+        write_atomic(
+            self.out_dir / "results.json", json.dumps(self.to_dict(complete), indent=1) + "\n"
+        )
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return {"mean": mean, "std": math.sqrt(var)}
+
+
+def fmt_mean_std(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file in the same directory, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_config(
+    config_path: str | None, overrides: Sequence[str], model: str, seed: int, runs_dir: Path
+) -> Config:
+    """The validated config of one run: base file, user overrides, model, seed, place."""
+    inner_progress = (
+        [] if any(o.startswith("train.progress=") for o in overrides) else ["train.progress=false"]
+    )
+    return load_config(
+        config_path,
+        [
+            *inner_progress,
+            *overrides,
+            *model_overrides(model),
+            f"train.seed={seed}",
+            f"train.runs_dir={runs_dir}",
+            f"train.run_name={model}-seed{seed}",
+        ],
+    )
+
+
+def default_out_dir(config_path: str | None, overrides: Sequence[str], name: str) -> Path:
+    runs_dir = Path(load_config(config_path, list(overrides)).train.runs_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return runs_dir / "benchmarks" / f"{name}-{stamp}"
+
+
+def run_benchmark(
+    config_path: str | None,
+    models: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Sequence[str] = (),
+    out_dir: str | Path | None = None,
+    name: str | None = None,
+    *,
+    command: str = "",
+    train_fn: Callable[[Config], Path] | None = None,
+) -> Benchmark:
+    """Train every model with every seed; write and return the results.
+
+    Every run's config is built and validated before the first run starts, so a typo in a
+    model name or an override fails at once. `train_fn` defaults to corect.train.train.
+    """
+    if not models:
+        raise ConfigError("--models: give at least one model")
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed")
+    if len(set(models)) != len(models):
+        raise ConfigError(f"--models: duplicate model names in {','.join(models)}")
+    name = name or (Path(config_path).stem if config_path else "synthetic")
+    out = Path(out_dir) if out_dir else default_out_dir(config_path, overrides, name)
+    runs_dir = out / "runs"
+    plan = [
+        (m, s, run_config(config_path, overrides, m, s, runs_dir)) for m in models for s in seeds
+    ]
+    if train_fn is None:
+        from corect.train import train as train_fn
+    out.mkdir(parents=True, exist_ok=True)
+    package_log = setup_logging()
+    handler = logging.FileHandler(out / "benchmark.log")  # benchmark and training logs
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    package_log.addHandler(handler)
+    bench = Benchmark(name, out, config_path, list(overrides), list(models), list(seeds), command)
+    bench.write(complete=False)
+    try:
+        with logging_redirect_tqdm([package_log]):
+            log.info("benchmark %s: %d models x %d seeds -> %s", name, len(models), len(seeds), out)
+            progress = tqdm(plan, desc="benchmark", unit="run", dynamic_ncols=True)
+            for model, seed, config in progress:
+                progress.set_postfix_str(f"{model} seed {seed}")
+                bench.results.append(run_one(model, seed, config, train_fn, out))
+                bench.write(complete=False)
+        bench.write(complete=True)
+    finally:
+        package_log.removeHandler(handler)
+        handler.close()
+    return bench
+
+
+def run_one(
+    model: str, seed: int, config: Config, train_fn: Callable[[Config], Path], out: Path
+) -> RunResult:
+    """Train one run and read its metrics; any failure is re-raised naming model and seed."""
+    log.info("run %s seed %d: %s", model, seed, " ".join(model_overrides(model)))
+    start = time.perf_counter()
+    try:
+        run_dir = Path(train_fn(config))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        missing = [k for k, _ in METRICS if k not in metrics.get("test", {})]
+        if missing:
+            raise KeyError(f"{run_dir / 'metrics.json'}: test metrics {missing} missing")
+    except Exception as err:
+        log.error("model %s seed %d failed: %s", model, seed, err)
+        raise RuntimeError(f"benchmark: model {model!r} (seed {seed}) failed: {err}") from err
+    try:
+        shown = str(run_dir.resolve().relative_to(out.resolve()))
+    except ValueError:
+        shown = str(run_dir)
+    log.info(
+        "done %s seed %d in %.0fs: test wF1 %.2f%%, acc %.2f%%",
+        model,
+        seed,
+        time.perf_counter() - start,
+        100 * metrics["test"]["weighted_f1"],
+        100 * metrics["test"]["accuracy"],
+    )
+    return RunResult(model, seed, shown, metrics)
+
+
+def setup_logging() -> logging.Logger:
+    """Log the package ("corect", training included) to stderr once; return that logger."""
+    package_log = logging.getLogger("corect")
+    if not package_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        package_log.addHandler(handler)
+        package_log.setLevel(logging.INFO)
+    return package_log
+
+
+def parse_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m corect.benchmark",
+        description=(
+            "Train several models over several seeds and write a Markdown table and a JSON "
+            "file of their test accuracy, weighted F1 and macro F1 (mean ± std over seeds, "
+            "in %), parameter counts and seconds per epoch."
+        ),
+        epilog=(
+            "models: "
+            + ", ".join(VARIANTS)
+            + ". corect-no-rtgcn / -no-pcm / -no-speaker switch one CORECT part off; "
+            "corect-context-free has no RT-GCN, no P-CM and mlp encoders only; context "
+            "uses the fusion of model.fusion, context-<fusion> names it. Example: "
+            "python -m corect.benchmark --models corect,early,late --seeds 3 "
+            "--set train.epochs=20"
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", default=None, help="YAML config (default: built-in defaults, synthetic data)"
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated benchmark model names (see below)",
+    )
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=1, help="train with seeds 1..N")
+    seeds.add_argument("--seed-list", default=None, help="comma-separated seeds, e.g. 1,7,42")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides applied to every run, e.g. train.epochs=20 data.modalities=t",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: <train.runs_dir>/benchmarks/<name>-<date-time>)",
+    )
+    parser.add_argument(
+        "--name", default=None, help="benchmark name (default: the config file's stem)"
+    )
+    parser.add_argument(
+        "--list-models", action="store_true", help="print the model names and overrides, exit"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_models:
+        for name, overrides in VARIANTS.items():
+            print(f"{name:22s} {' '.join(overrides)}")
+        return 0
+    try:
+        if args.seed_list is not None:
+            seeds = [int(s) for s in parse_list(args.seed_list)]
+        else:
+            if args.seeds < 1:
+                raise ConfigError(f"--seeds={args.seeds}: must be at least 1")
+            seeds = list(range(1, args.seeds + 1))
+        command = shlex.join(["python", "-m", "corect.benchmark", *(argv or sys.argv[1:])])
+        bench = run_benchmark(
+            args.config,
+            parse_list(args.models),
+            seeds,
+            args.overrides,
+            args.out,
+            args.name,
+            command=command,
+        )
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(bench.table())
+    print(f"\nresults: {bench.out_dir / 'results.md'} and {bench.out_dir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
