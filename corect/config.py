@@ -41,11 +41,11 @@ class SyntheticConfig:
     """Size and difficulty of the embedded synthetic dataset (see corect.data.synthetic)."""
 
     seed: int = 0
-    train_dialogues: int = 120
-    dev_dialogues: int = 20
+    train_dialogues: int = 108
+    dev_dialogues: int = 12
     test_dialogues: int = 31
     min_length: int = 20
-    max_length: int = 70
+    max_length: int = 76
     dims: dict[str, int] = field(default_factory=lambda: {"t": 384, "a": 100, "v": 512})
     noise: float = 1.6
 

@@ -89,3 +89,21 @@ def iterate_batches(
 
 def num_batches(split: SplitData, batch_size: int) -> int:
     return (split.num_dialogues + batch_size - 1) // batch_size
+
+
+def drop_modalities(batch: Batch, probability: float, generator: torch.Generator) -> Batch:
+    """Modality dropout for training: blank each modality of each dialogue with the given
+    probability, always keeping at least one modality per dialogue."""
+    modalities = list(batch.features)
+    if probability <= 0 or len(modalities) < 2:
+        return batch
+    b = batch.mask.shape[0]
+    drop = torch.rand(b, len(modalities), generator=generator) < probability
+    all_dropped = drop.all(dim=1)
+    keep = torch.randint(len(modalities), (b,), generator=generator)
+    drop[all_dropped, keep[all_dropped]] = False
+    features = {
+        m: x * (~drop[:, k]).to(x.device, x.dtype).view(b, 1, 1)
+        for k, (m, x) in enumerate(batch.features.items())
+    }
+    return Batch(**{**batch.__dict__, "features": features})

@@ -1,0 +1,102 @@
+"""Score a trained run: ``python -m corect.evaluate --run RUN_DIR [--split test|dev]``.
+
+Reloads the run's checkpoint (``torch.load(weights_only=True)``: no unpickling of code)
+and its dataset, prints accuracy, weighted/macro F1 and a per-class table, and writes
+``RUN_DIR/eval-<split>.json``. The figures equal the ones in ``metrics.json``, since both
+come from :func:`corect.train.evaluate_split` on the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from corect.config import Config, ConfigError, config_from_dict
+from corect.data.format import Dataset, DatasetError
+from corect.train import (
+    CHECKPOINT,
+    evaluate_split,
+    load_data,
+    select_device,
+    write_json_atomic,
+)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Config, nn.Module, dict[str, Any]]:
+    """The config, the model with the best weights (eval mode) and the raw checkpoint."""
+    from corect.models import build_model
+
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint; is {run_dir} a corect run directory?")
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    config = config_from_dict(checkpoint["config"])
+    model = build_model(
+        config.model, checkpoint["dims"], len(checkpoint["labels"]), checkpoint["num_speakers"]
+    )
+    model.load_state_dict(checkpoint["state_dict"])
+    return config, model.to(device).eval(), checkpoint
+
+
+def format_report(metrics: dict[str, Any], title: str) -> str:
+    """A plain-text report: headline figures and a per-class table."""
+    lines = [
+        title,
+        f"accuracy     {100 * metrics['accuracy']:6.2f}",
+        f"weighted F1  {100 * metrics['weighted_f1']:6.2f}",
+        f"macro F1     {100 * metrics['macro_f1']:6.2f}",
+        "",
+        f"{'class':<14}{'F1':>8}{'support':>9}",
+    ]
+    for label, f1 in metrics["per_class_f1"].items():
+        lines.append(f"{label:<14}{100 * f1:8.2f}{metrics['support'][label]:9d}")
+    return "\n".join(lines)
+
+
+def evaluate_run(
+    run_dir: str | Path, split: str = "test", device: str = "auto", dataset: Dataset | None = None
+) -> dict[str, Any]:
+    """Metrics of a run's best checkpoint on `split` (also written to eval-<split>.json)."""
+    torch_device = select_device(device)
+    config, model, checkpoint = load_run(run_dir, str(torch_device))
+    dataset = dataset or load_data(config)
+    if split not in dataset.splits:
+        raise DatasetError(f"split {split!r} not in dataset {dataset.path}")
+    metrics, loss = evaluate_split(
+        model,
+        dataset.splits[split],
+        checkpoint["labels"],
+        config.train.batch_size,
+        torch_device,
+        config.train.amp,
+    )
+    metrics["loss"] = loss
+    write_json_atomic(Path(run_dir) / f"eval-{split}.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m corect.evaluate",
+        description="Reload a run's best checkpoint, score it on a split, print a report and "
+        "write RUN_DIR/eval-<split>.json.",
+    )
+    parser.add_argument("--run", required=True, help="run directory printed by corect.train")
+    parser.add_argument("--split", default="test", choices=["test", "dev", "train"])
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = parser.parse_args(argv)
+    try:
+        metrics = evaluate_run(args.run, args.split, args.device)
+    except (ConfigError, DatasetError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    print(format_report(metrics, f"{args.run} ({args.split})"))
+    print(Path(args.run) / f"eval-{args.split}.json")
+
+
+if __name__ == "__main__":
+    main()
