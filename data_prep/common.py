@@ -354,7 +354,8 @@ class _ReleaseUnpickler(pickle.Unpickler):
     """Refuses every global but containers, numbers, strings and numpy arrays."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _SAFE_GLOBALS:
+        # Protocol-2 (Python 2 era) pickles name builtins '__builtin__'.
+        if (module.replace("__builtin__", "builtins"), name) not in _SAFE_GLOBALS:
             raise ConversionError(
                 f"refusing to unpickle {module}.{name}: a feature release holds only "
                 "containers, strings, numbers and numpy arrays"

