@@ -33,7 +33,7 @@ def classification_metrics(
         "macro_f1": float(
             f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)
         ),
-        "per_class_f1": {name: float(f) for name, f in zip(labels, per_class)},
+        "per_class_f1": {name: float(f) for name, f in zip(labels, per_class, strict=True)},
         "support": {name: int((y_true == c).sum()) for c, name in enumerate(labels)},
         "confusion": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
         "num_utterances": int(y_true.size),
