@@ -1,0 +1,453 @@
+"""Offline vs causal: ``python -m corect.compare_modes [--config CONFIG] [--seeds N]``.
+
+Trains the same model twice per seed, with the same data, config and seed: once offline
+(``model.causal: false``) and once causal (``model.causal: true``: no prediction depends on
+a later utterance), or, with ``--runs`` / ``--causal-runs``, scores runs trained before.
+Both modes' runs land in the usual runs directory, side by side in TensorBoard::
+
+    runs/<dataset>/<modalities>--<task>--<model>/<name>-<date-time>-seed<k>/
+    runs/<dataset>/<modalities>--<task>--<model>-causal/<name>-<date-time>-seed<k>/
+
+Every run's best checkpoint is scored on the test split (:func:`corect.train.predict`, as
+``corect.evaluate`` does) and the comparison is written, atomically and after every run,
+under ``<train.runs_dir>/compare/<name>-<date-time>/``:
+
+- ``results.md``: accuracy, weighted F1, macro F1 and per-class F1 per mode (mean ± sample
+  std over seeds, in %), the difference causal - offline, and weighted F1 by position in
+  the dialogue (utterances 1-5, 6-10, 11-20, 21+: early utterances have little past);
+- ``results.json``: the same, plus every run's figures and directory;
+- ``compare.log``: the log, training included.
+
+The table is printed at the end, and the path of ``results.md`` last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from corect.benchmark import fmt_mean_std, mean_std, parse_list, setup_logging, write_atomic
+from corect.config import Config, ConfigError, load_config
+from corect.data.format import Dataset, DatasetError, SplitData
+from corect.evaluate import load_run
+from corect.metrics import POSITION_BUCKETS, classification_metrics, weighted_f1_by_position
+from corect.train import load_data, predict, select_device, train
+
+log = logging.getLogger("corect.compare_modes")
+MODES = ("offline", "causal")
+HEADLINE = (("accuracy", "Accuracy"), ("weighted_f1", "Weighted F1"), ("macro_f1", "Macro F1"))
+# Config keys that may differ between the runs being compared.
+FREE_KEYS = {"model.causal", "model.wf", "train.seed", "train.run_name", "train.runs_dir"}
+FREE_KEYS |= {"train.progress", "train.device", "train.amp", "data.cache_dir"}
+
+
+def dialogue_positions(split: SplitData) -> np.ndarray:
+    """0-based position of every utterance of `split` in its dialogue."""
+    starts = torch.repeat_interleave(split.offsets[:-1], split.lengths)
+    return (torch.arange(split.num_utterances) - starts).numpy()
+
+
+def score_run(
+    run_dir: str | Path, dataset: Dataset | None = None, split: str = "test", device: str = "auto"
+) -> tuple[Config, Dataset, dict[str, Any]]:
+    """Reload a run's best checkpoint and score it on `split`: the metrics of
+    :func:`corect.metrics.classification_metrics` plus ``by_position``."""
+    torch_device = select_device(device)
+    config, model, checkpoint = load_run(run_dir, str(torch_device))
+    dataset = dataset or load_data(config)
+    data = dataset.splits[split]
+    logits = predict(model, data, config.train.batch_size, torch_device, config.train.amp)
+    y_true, y_pred = data.labels.numpy(), logits.argmax(1).numpy()
+    metrics = classification_metrics(y_true, y_pred, checkpoint["labels"])
+    metrics["by_position"] = weighted_f1_by_position(y_true, y_pred, dialogue_positions(data))
+    return config, dataset, metrics
+
+
+def flat_config(config: Config) -> dict[str, Any]:
+    """``section.key -> value`` of a config (nested dataclasses flattened one level)."""
+    return {
+        f"{section}.{key}": value
+        for section, values in config.to_dict().items()
+        for key, value in values.items()
+    }
+
+
+@dataclass
+class ModeRun:
+    """One scored run."""
+
+    mode: str
+    seed: int
+    run_dir: str
+    metrics: dict[str, Any]
+
+
+@dataclass
+class Comparison:
+    """The runs of both modes; renders the Markdown table and the JSON."""
+
+    name: str
+    out_dir: Path
+    labels: list[str]
+    planned: int
+    split: str = "test"
+    description: str = ""
+    command: str = ""
+    runs: list[ModeRun] = field(default_factory=list)
+
+    def values(self, mode: str, getter: Any) -> dict[int, float]:
+        """seed -> figure (in %) of `mode`'s runs; `getter` picks it from a metrics dict."""
+        values = {r.seed: 100 * getter(r.metrics) for r in self.runs if r.mode == mode}
+        return {seed: v for seed, v in values.items() if np.isfinite(v)}  # NaN: empty bucket
+
+    def row(self, getter: Any) -> dict[str, Any]:
+        """Mean/std per mode and the difference causal - offline (std over paired seeds)."""
+        per_mode = {mode: self.values(mode, getter) for mode in MODES}
+        out: dict[str, Any] = {
+            mode: mean_std(list(v.values())) if v else None for mode, v in per_mode.items()
+        }
+        out["difference"] = None
+        if out["offline"] and out["causal"]:
+            paired = sorted(set(per_mode["offline"]) & set(per_mode["causal"]))
+            diffs = [per_mode["causal"][s] - per_mode["offline"][s] for s in paired]
+            out["difference"] = {
+                "mean": out["causal"]["mean"] - out["offline"]["mean"],
+                "std": mean_std(diffs)["std"] if diffs else float("nan"),
+                "paired_seeds": paired,
+            }
+        return out
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """Every compared figure: headline metrics, per-class F1, weighted F1 by position."""
+        rows = {key: self.row(lambda m, k=key: m[k]) for key, _ in HEADLINE}
+        for label in self.labels:
+            rows[f"f1/{label}"] = self.row(lambda m, c=label: m["per_class_f1"][c])
+        for bucket in self.buckets():
+            rows[f"position/{bucket}"] = self.row(
+                lambda m, b=bucket: m["by_position"][b]["weighted_f1"]
+            )
+        return rows
+
+    def buckets(self) -> list[str]:
+        return [f"{lo}-{hi}" if hi is not None else f"{lo}+" for lo, hi in POSITION_BUCKETS]
+
+    def table(self) -> str:
+        """Two Markdown tables: overall figures, then weighted F1 by dialogue position."""
+        rows = self.rows()
+
+        def cells(row: dict[str, Any]) -> list[str]:
+            diff = row["difference"]
+            delta = "-"
+            if diff is not None:
+                delta = f"{diff['mean']:+.2f}"
+                if len(diff["paired_seeds"]) > 1:
+                    delta += f" ± {diff['std']:.2f}"
+            return [*(fmt_mean_std(row[m]) if row[m] else "-" for m in MODES), delta]
+
+        head = ["Offline", "Causal", "Δ causal − offline"]
+        lines = [
+            f"| {self.split.capitalize()} (%) | " + " | ".join(head) + " |",
+            "|---|---:|---:|---:|",
+        ]
+        names = [*HEADLINE, *((f"f1/{c}", f"F1 {c}") for c in self.labels)]
+        for key, label in names:
+            lines.append(f"| {label} | " + " | ".join(cells(rows[key])) + " |")
+        lines += [
+            "",
+            "| Weighted F1 by position (%) | Utterances | " + " | ".join(head) + " |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        first = next((r for r in self.runs), None)
+        for bucket in self.buckets():
+            count = first.metrics["by_position"][bucket]["count"] if first else 0
+            lines.append(
+                f"| {bucket} | {count} | " + " | ".join(cells(rows[f"position/{bucket}"])) + " |"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self, complete: bool) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "complete": complete,
+            "command": self.command,
+            "description": self.description,
+            "split": self.split,
+            "labels": self.labels,
+            "rows": self.rows(),
+            "runs": [
+                {
+                    "mode": r.mode,
+                    "seed": r.seed,
+                    "run_dir": r.run_dir,
+                    "metrics": {k: v for k, v in r.metrics.items() if k != "confusion"},
+                }
+                for r in self.runs
+            ],
+            "units": "% ; mean ± sample std over seeds; difference = causal - offline, its "
+            "std over the seeds both modes share",
+        }
+
+    def markdown(self, complete: bool) -> str:
+        text = f"# Offline vs causal: {self.name}\n\n"
+        if self.description:
+            text += self.description + "\n\n"
+        if self.command:
+            text += f"Command: `{self.command}`\n\n"
+        if not complete:
+            text += f"**Incomplete: {len(self.runs)}/{self.planned} runs.**\n\n"
+        text += self.table() + "\n\nRuns:\n\n"
+        text += "\n".join(f"- {r.mode}, seed {r.seed}: `{r.run_dir}`" for r in self.runs)
+        return text + "\n"
+
+    def write(self, complete: bool) -> None:
+        """Rewrite results.md and results.json atomically."""
+        write_atomic(self.out_dir / "results.md", self.markdown(complete))
+        write_atomic(
+            self.out_dir / "results.json", json.dumps(self.to_dict(complete), indent=1) + "\n"
+        )
+
+
+def mode_config(
+    config_path: str | None, overrides: Sequence[str], mode: str, seed: int, run_name: str
+) -> Config:
+    """The validated config of one run: the base config, then mode, seed and run name."""
+    quiet = (
+        [] if any(o.startswith("train.progress=") for o in overrides) else ["train.progress=false"]
+    )
+    return load_config(
+        config_path,
+        [
+            *quiet,
+            *overrides,
+            f"model.causal={'true' if mode == 'causal' else 'false'}",
+            f"train.seed={seed}",
+            f"train.run_name={run_name}-seed{seed}",
+        ],
+    )
+
+
+def describe(config: Config, dataset: Dataset, seeds: Sequence[int], split: str) -> str:
+    m = config.model
+    encoders = ", ".join(f"{k}: {m.encoders[k]}" for k in config.data.modalities)
+    return (
+        f"Dataset `{dataset.name}` ({dataset.task}, {dataset.num_classes} classes), "
+        f"modalities `{config.data.modalities}`, model `{m.name}` (hidden {m.hidden_size}, "
+        f"encoders {encoders}, wp {m.wp}, wf {m.wf} offline / 0 causal), "
+        f"{config.train.epochs} epochs max, seeds {', '.join(map(str, seeds))}; "
+        f"{split} split, checkpoint with the best dev weighted F1."
+    )
+
+
+def check_comparable(configs: dict[str, Config]) -> None:
+    """Loaded runs must use the same data; the right mode; other differences are logged."""
+    base_name, base = next(iter(configs.items()))
+    base_flat = flat_config(base)
+    for run_dir, config in configs.items():
+        flat = flat_config(config)
+        for key in ("data.path", "data.modalities", "model.name"):
+            if flat[key] != base_flat[key]:
+                raise ConfigError(
+                    f"{run_dir}: {key}={flat[key]!r} but {base_name} has {base_flat[key]!r}; "
+                    "compare runs of the same data and model"
+                )
+        if not config.data.path and flat_synthetic(config) != flat_synthetic(base):
+            raise ConfigError(f"{run_dir}: another synthetic dataset than {base_name}")
+        differ = sorted(
+            k
+            for k in flat
+            if k not in FREE_KEYS and k != "data.synthetic" and flat[k] != base_flat[k]
+        )
+        if differ:
+            log.warning(
+                "%s differs from %s in %s",
+                run_dir,
+                base_name,
+                ", ".join(f"{k}={flat[k]!r}" for k in differ),
+            )
+
+
+def flat_synthetic(config: Config) -> dict[str, Any]:
+    return config.to_dict()["data"]["synthetic"]
+
+
+def compare(
+    config_path: str | None = None,
+    seeds: Sequence[int] = (1, 2, 3),
+    overrides: Sequence[str] = (),
+    *,
+    runs: Sequence[str] = (),
+    causal_runs: Sequence[str] = (),
+    name: str | None = None,
+    out_dir: str | Path | None = None,
+    split: str = "test",
+    command: str = "",
+) -> Comparison:
+    """Train (or load) both modes, score them, write and return the comparison."""
+    name = name or (Path(config_path).stem if config_path else "synthetic")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if runs or causal_runs:
+        if not (runs and causal_runs):
+            raise ConfigError("give both --runs (offline) and --causal-runs")
+        plan = [("offline", Path(r)) for r in runs] + [("causal", Path(r)) for r in causal_runs]
+        base = load_run(plan[0][1])[0]
+    else:
+        if not seeds:
+            raise ConfigError("--seeds: give at least one seed")
+        # Build and validate every run's config before the first one trains.
+        plan = [
+            (mode, mode_config(config_path, overrides, mode, seed, f"{name}-{stamp}"))
+            for seed in seeds
+            for mode in MODES
+        ]
+        base = plan[0][1]
+    out = Path(out_dir) if out_dir else Path(base.train.runs_dir) / "compare" / f"{name}-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    package_log = setup_logging()
+    handler = logging.FileHandler(out / "compare.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    package_log.addHandler(handler)
+    try:
+        dataset = load_data(base)
+        if split not in dataset.splits:
+            raise DatasetError(f"split {split!r} not in dataset {dataset.path}")
+        comparison = Comparison(name, out, list(dataset.labels), len(plan), split, command=command)
+        configs: dict[str, Config] = {}
+        with logging_redirect_tqdm([package_log]):
+            log.info("compare %s: %d runs -> %s", name, len(plan), out)
+            progress = tqdm(plan, desc="compare", unit="run", dynamic_ncols=True)
+            for mode, item in progress:
+                if isinstance(item, Config):
+                    progress.set_postfix_str(f"{mode} seed {item.train.seed}")
+                    log.info("training %s, seed %d", mode, item.train.seed)
+                    run_dir = train(item)
+                else:
+                    run_dir = item
+                config, _, metrics = score_run(run_dir, dataset, split)
+                expected = mode == "causal"
+                if config.model.causal != expected:
+                    raise ConfigError(
+                        f"{run_dir}: model.causal={config.model.causal}, but it was given as "
+                        f"{'a causal' if expected else 'an offline'} run"
+                    )
+                configs[str(run_dir)] = config
+                check_comparable(configs)
+                comparison.runs.append(ModeRun(mode, config.train.seed, str(run_dir), metrics))
+                log.info(
+                    "%s seed %d: %s acc %.2f wF1 %.2f mF1 %.2f  (%s)",
+                    mode,
+                    config.train.seed,
+                    split,
+                    100 * metrics["accuracy"],
+                    100 * metrics["weighted_f1"],
+                    100 * metrics["macro_f1"],
+                    run_dir,
+                )
+                comparison.description = describe(
+                    base, dataset, sorted({r.seed for r in comparison.runs}), split
+                )
+                comparison.write(complete=False)
+        comparison.write(complete=True)
+    finally:
+        package_log.removeHandler(handler)
+        handler.close()
+    return comparison
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m corect.compare_modes",
+        description=(
+            "Offline vs causal: train the model of CONFIG twice per seed, once offline and "
+            "once causal (model.causal=true: no prediction uses a later utterance), with "
+            "the same data, config and seed; score both on the test split; write a "
+            "Markdown table and a JSON file under <train.runs_dir>/compare/<name>-<date-"
+            "time>/ (accuracy, weighted F1, macro F1, per-class F1 as mean ± std over seeds "
+            "in %, the difference, weighted F1 by position in the dialogue). Prints the "
+            "table, then the path of results.md last."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  python -m corect.compare_modes --seeds 3\n"
+            "  python -m corect.compare_modes --config configs/meld_text.yaml --seeds 3 "
+            "--set train.epochs=20\n"
+            "  python -m corect.compare_modes --runs runs/a/x/r1,runs/a/x/r2 "
+            "--causal-runs runs/a/x-causal/r1,runs/a/x-causal/r2"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", default=None, help="YAML config (default: built-in CORECT on synthetic data)"
+    )
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=3, help="train with seeds 1..N (default 3)")
+    seeds.add_argument("--seed-list", default=None, help="comma-separated seeds, e.g. 1,7,42")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for both modes, e.g. train.epochs=10 data.modalities=ta",
+    )
+    parser.add_argument(
+        "--runs",
+        default="",
+        metavar="DIR,...",
+        help="score these offline runs instead of training (needs --causal-runs)",
+    )
+    parser.add_argument(
+        "--causal-runs", default="", metavar="DIR,...", help="the causal runs to compare with"
+    )
+    parser.add_argument("--split", default="test", choices=["test", "dev"], help="split to score")
+    parser.add_argument("--name", default=None, help="name (default: the config file's stem)")
+    parser.add_argument(
+        "--out", default=None, help="output directory (default: <runs_dir>/compare/<name>-<time>)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.seed_list is not None:
+            seeds = [int(s) for s in parse_list(args.seed_list)]
+        elif args.seeds < 1:
+            raise ConfigError(f"--seeds={args.seeds}: must be at least 1")
+        else:
+            seeds = list(range(1, args.seeds + 1))
+        command = shlex.join(["python", "-m", "corect.compare_modes", *(argv or sys.argv[1:])])
+        comparison = compare(
+            args.config,
+            seeds,
+            args.overrides,
+            runs=parse_list(args.runs),
+            causal_runs=parse_list(args.causal_runs),
+            name=args.name,
+            out_dir=args.out,
+            split=args.split,
+            command=command,
+        )
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(comparison.markdown(complete=True))
+    print(comparison.out_dir / "results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
