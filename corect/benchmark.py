@@ -358,20 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m corect.benchmark",
         description=(
-            "Train several models over several seeds and write a Markdown table and a JSON "
-            "file of their test accuracy, weighted F1 and macro F1 (mean ± std over seeds, "
-            "in %), parameter counts and seconds per epoch."
+            "Train several models over several seeds; write a Markdown table and a JSON file\n"
+            "of their test accuracy, weighted F1 and macro F1 (mean ± std over seeds, in %),\n"
+            "parameter counts and seconds per epoch, under\n"
+            "<train.runs_dir>/benchmarks/<name>-<date-time>/ (or --out)."
         ),
         epilog=(
-            "models: "
-            + ", ".join(VARIANTS)
-            + ". corect-no-rtgcn / -no-pcm / -no-speaker switch one CORECT part off; "
-            "corect-context-free has no RT-GCN, no P-CM and mlp encoders only; context "
-            "uses the fusion of model.fusion, context-<fusion> names it. Example: "
-            "python -m corect.benchmark --models corect,early,late --seeds 3 "
-            "--set train.epochs=20"
+            "models (name: config overrides):\n"
+            + "\n".join(f"  {n:20s} {' '.join(o)}" for n, o in VARIANTS.items())
+            + "\n\n`context` uses the fusion of model.fusion; context-<fusion> names it.\n\n"
+            "example:\n  python -m corect.benchmark --models corect,early,late --seeds 3 "
+            "--set train.epochs=20\n"
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config", default=None, help="YAML config (default: built-in defaults, synthetic data)"
@@ -379,10 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--models",
         default=",".join(DEFAULT_MODELS),
-        help="comma-separated benchmark model names (see below)",
+        help=f"comma-separated model names, see below (default: {','.join(DEFAULT_MODELS)})",
     )
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=int, default=1, help="train with seeds 1..N")
+    seeds.add_argument("--seeds", type=int, default=1, help="train with seeds 1..N (default: 1)")
     seeds.add_argument("--seed-list", default=None, help="comma-separated seeds, e.g. 1,7,42")
     parser.add_argument(
         "--set",
@@ -391,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="config overrides applied to every run, e.g. train.epochs=20 data.modalities=t",
+        help="config overrides for every run, e.g. train.epochs=20 data.modalities=t",
     )
     parser.add_argument(
         "--out",
@@ -399,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory (default: <train.runs_dir>/benchmarks/<name>-<date-time>)",
     )
     parser.add_argument(
-        "--name", default=None, help="benchmark name (default: the config file's stem)"
+        "--name",
+        default=None,
+        help="benchmark name (default: the config file's stem, or 'synthetic')",
     )
     parser.add_argument(
         "--list-models", action="store_true", help="print the model names and overrides, exit"
