@@ -1,0 +1,282 @@
+"""Label your own dialogues: ``python -m corect.predict --run RUN_DIR --input dialogues.jsonl``.
+
+Input: one dialogue a line, the format of :mod:`data_prep.jsonl` (``split`` and ``label``
+optional here)::
+
+    {"id": "d1", "utterances": [{"speaker": "Ann", "text": "Hi!",
+                                 "features": {"audio": [...], "visual": [...]}}, ...]}
+
+Every modality the run was trained on must be given as ``features`` (keys text, audio,
+visual or t, a, v), except text: without ``features.text`` it is computed from ``text``
+with data_prep's text encoder, provided the run's dataset was made with that encoder (its
+manifest records which model; the same model is used and checked). Works for offline and
+causal runs (the batch path; for utterance-by-utterance use see :mod:`corect.stream`).
+
+Output: a label and class probabilities per utterance, printed as a table, or with
+``--output out.jsonl`` written as JSONL (one line per dialogue, written atomically). When
+the input has labels, accuracy and weighted F1 are reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from corect.benchmark import write_atomic
+from corect.config import Config, ConfigError
+from corect.data.format import DatasetError, DialogueRecord, SplitData, party_indices
+from corect.evaluate import load_run
+from corect.metrics import classification_metrics
+from corect.train import predict, select_device
+
+if TYPE_CHECKING:
+    from data_prep.text_features import TextEncoder
+
+
+class PredictError(ValueError):
+    """The input does not fit the run (missing modality, wrong size, unknown text model)."""
+
+
+def dataset_text_features(config: Config) -> dict[str, Any] | None:
+    """What the run's dataset manifest says about its text features (``text_features``,
+    written by data_prep), or None when it says nothing or cannot be read."""
+    if not config.data.path:
+        return None
+    manifest = Path(config.data.path) / "manifest.json"
+    try:
+        return json.loads(manifest.read_text()).get("text_features")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def text_encoder_for_run(
+    config: Config, dim: int, text_model: str | Path | None = None, cache: bool = True
+) -> TextEncoder:
+    """data_prep's text encoder with the model the run's text features were made with.
+
+    `text_model` overrides the model directory (needed when the run's dataset is not on
+    this machine). Fails with :class:`PredictError` when the run's text features did not
+    come from this encoder, or the model differs from the one recorded in the manifest."""
+    from data_prep.text_features import DEFAULT_CACHE_DIR, TextEncoder
+
+    info = dataset_text_features(config)
+    if info is None and text_model is None:
+        where = config.data.path or "the embedded synthetic dataset"
+        raise PredictError(
+            f"the run was trained on {where}, whose text features were not made by "
+            "data_prep's text encoder (its manifest has no 'text_features'), so texts cannot "
+            "be encoded the same way: give features.text for every utterance (or "
+            "--text-model DIR if you know the model)"
+        )
+    model_dir = text_model or (info or {}).get("model")
+    if model_dir is not None and not Path(model_dir).is_dir():
+        model_dir = None  # recorded on another machine: fall back to the bundled model
+    encoder = TextEncoder(model_dir, cache_dir=DEFAULT_CACHE_DIR if cache else None, progress=False)
+    if info is not None and info.get("identity") not in (None, encoder.identity):
+        raise PredictError(
+            f"text model {encoder.model_dir} (identity {encoder.identity}) is not the one the "
+            f"run's text features were made with ({info.get('model')}, identity "
+            f"{info.get('identity')}); pass that model with --text-model"
+        )
+    if encoder.dim != dim:
+        raise PredictError(f"text model gives {encoder.dim}-d features, the run expects {dim}")
+    return encoder
+
+
+def split_from_records(records: Sequence[DialogueRecord], dims: dict[str, int]) -> SplitData:
+    """An in-memory split of `records` with the modalities of `dims` (sizes checked).
+    Speakers become per-dialogue party ids in order of first appearance, as when loading."""
+    features = {}
+    for m, dim in dims.items():
+        for r in records:
+            shape = np.shape(r.features.get(m, ()))
+            if m not in r.features or shape != (len(r.speakers), dim):
+                got = f"shape {shape}" if m in r.features else "nothing"
+                raise PredictError(
+                    f"dialogue {r.id!r}: modality {m} needs [{len(r.speakers)}, {dim}] "
+                    f"features, got {got}"
+                )
+        features[m] = torch.from_numpy(
+            np.concatenate([np.asarray(r.features[m], dtype=np.float32) for r in records])
+        )
+    lengths = torch.tensor([len(r.speakers) for r in records])
+    offsets = torch.cat((torch.zeros(1, dtype=torch.long), lengths.cumsum(0)))
+    names: dict[str, int] = {}
+    speakers = torch.tensor([names.setdefault(s, len(names)) for r in records for s in r.speakers])
+    return SplitData(
+        [r.id for r in records],
+        offsets,
+        features,
+        torch.tensor([label for r in records for label in r.labels], dtype=torch.long),
+        speakers,
+        party_indices(speakers, offsets),
+        [r.texts or [] for r in records],
+    )
+
+
+def check_speakers(split: SplitData, num_speakers: int, use_speaker: bool) -> None:
+    """A dialogue with more parties than the model has speaker slots fails clearly."""
+    if not use_speaker or split.num_utterances == 0:
+        return
+    for d in range(split.num_dialogues):
+        parties = int(split.parties[split.offsets[d] : split.offsets[d + 1]].max()) + 1
+        if parties > num_speakers:
+            raise PredictError(
+                f"dialogue {split.dialogue_ids[d]!r} has {parties} speakers; the model was "
+                f"trained for at most {num_speakers}"
+            )
+
+
+def predict_file(
+    run_dir: str | Path,
+    input_path: str | Path,
+    *,
+    device: str = "auto",
+    text_model: str | Path | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Predictions for every dialogue of a JSONL file.
+
+    Returns ``{"run", "labels", "causal", "dialogues": [{"id", "utterances": [{"index",
+    "speaker", "text", "label", "probabilities", "true_label"}]}], "metrics"}`` (metrics
+    only when the input has labels)."""
+    from data_prep.jsonl import dialogue_records, read_jsonl
+
+    torch_device = select_device(device)
+    config, model, checkpoint = load_run(run_dir, str(torch_device))
+    labels, dims = list(checkpoint["labels"]), dict(checkpoint["dims"])
+    dialogues = read_jsonl(input_path, labels, require_labels=False, default_split="test")
+    needs_text = "t" in dims and not any("t" in f for d in dialogues for f in d.features)
+    encoder = text_encoder_for_run(config, dims["t"], text_model) if needs_text else None
+    records = dialogue_records(dialogues, labels, "".join(dims), encoder)
+    split = split_from_records(records, dims)
+    check_speakers(split, checkpoint["num_speakers"], config.model.use_speaker)
+    logits = predict(
+        model, split, batch_size or config.train.batch_size, torch_device, config.train.amp
+    )
+    probabilities = logits.softmax(-1).numpy()
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "labels": labels,
+        "causal": config.model.causal,
+        "dialogues": [],
+    }
+    for d, dialogue in enumerate(dialogues):
+        start = int(split.offsets[d])
+        utterances = []
+        for k in range(len(dialogue)):
+            p = probabilities[start + k]
+            utterance = {
+                "index": k,
+                "speaker": dialogue.speakers[k],
+                "text": dialogue.texts[k],
+                "label": labels[int(p.argmax())],
+                "probabilities": {c: round(float(x), 6) for c, x in zip(labels, p, strict=True)},
+            }
+            if dialogue.labels[k] is not None:
+                utterance["true_label"] = dialogue.labels[k]
+            utterances.append(utterance)
+        result["dialogues"].append({"id": dialogue.id, "utterances": utterances})
+    if bool((split.labels >= 0).any()):
+        metrics = classification_metrics(split.labels.numpy(), logits.argmax(1).numpy(), labels)
+        result["metrics"] = {k: v for k, v in metrics.items() if k != "confusion"}
+    return result
+
+
+def format_predictions(result: dict[str, Any]) -> str:
+    """A readable table: one line per utterance."""
+    lines = []
+    for dialogue in result["dialogues"]:
+        lines.append(f"dialogue {dialogue['id']} ({len(dialogue['utterances'])} utterances)")
+        for u in dialogue["utterances"]:
+            truth = f" (true: {u['true_label']})" if "true_label" in u else ""
+            text = f"  {u['text'][:60]!r}" if u["text"] else ""
+            p = u["probabilities"][u["label"]]
+            lines.append(
+                f"  {u['index']:4d}  {u['speaker'][:16]:<16} {u['label']:<12} {p:5.2f}{truth}{text}"
+            )
+    if "metrics" in result:
+        lines.append(metrics_line(result["metrics"]))
+    return "\n".join(lines)
+
+
+def metrics_line(m: dict[str, Any]) -> str:
+    return (
+        f"{m['num_utterances']} labelled utterances: accuracy {100 * m['accuracy']:.2f}, "
+        f"weighted F1 {100 * m['weighted_f1']:.2f}, macro F1 {100 * m['macro_f1']:.2f}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m corect.predict",
+        description=(
+            "Predict a label and class probabilities for every utterance of the dialogues in "
+            "a JSONL file (data_prep.jsonl format; 'split' and 'label' optional) with a "
+            "trained run, offline or causal. Modalities: as features (keys text/audio/visual "
+            "or t/a/v); text may instead be given as 'text' when the run's dataset was made "
+            "with data_prep's text encoder."
+        ),
+        epilog="Example: python -m corect.predict --run runs/meld/t--emotion--corect/RUN "
+        "--input my_dialogues.jsonl --output predictions.jsonl",
+    )
+    parser.add_argument("--run", required=True, help="run directory printed by corect.train")
+    parser.add_argument("--input", required=True, help="JSONL file, one dialogue a line")
+    parser.add_argument(
+        "--output", default=None, help="write JSONL here (one line per dialogue) instead of a table"
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument(
+        "--text-model",
+        default=None,
+        metavar="DIR",
+        help="local text model directory (default: the one recorded in the run's dataset)",
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="dialogues per batch")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from data_prep.common import ConversionError
+    from data_prep.text_features import TextModelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        result = predict_file(
+            args.run,
+            args.input,
+            device=args.device,
+            text_model=args.text_model,
+            batch_size=args.batch_size,
+        )
+    except (
+        ConfigError,
+        DatasetError,
+        ConversionError,
+        TextModelError,
+        PredictError,
+        FileNotFoundError,
+    ) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.output:
+        lines = [json.dumps(d, ensure_ascii=False) for d in result["dialogues"]]
+        write_atomic(Path(args.output), "\n".join(lines) + "\n")
+        count = sum(len(d["utterances"]) for d in result["dialogues"])
+        print(f"{count} utterances of {len(lines)} dialogues -> {args.output}")
+        if "metrics" in result:
+            print(metrics_line(result["metrics"]))
+    else:
+        print(format_predictions(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
