@@ -74,7 +74,8 @@ class ModelConfig:
     )
     encoder_layers: int = 2
     encoder_heads: int = 2
-    dropout: float = 0.5
+    dropout: float = 0.5  # encoders and classifier head
+    attention_dropout: float = 0.1  # residual dropout inside every attention block (MulT)
     # 0 = as many speaker slots as the dataset's largest dialogue has parties.
     num_speakers: int = 0
     use_speaker: bool = True
@@ -188,6 +189,7 @@ class Config:
             )
         for key, value in (
             ("model.dropout", m.dropout),
+            ("model.attention_dropout", m.attention_dropout),
             ("train.modality_dropout", self.train.modality_dropout),
         ):
             if not 0.0 <= value < 1.0:

@@ -56,7 +56,7 @@ class CORECT(nn.Module):
                 config.pcm_layers,
                 config.pcm_heads,
                 config.pcm_self_layers,
-                config.dropout,
+                config.attention_dropout,
                 causal=config.causal,
                 window=config.wp,
             )

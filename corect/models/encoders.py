@@ -44,6 +44,7 @@ class TransformerEncoder(nn.Module):
         layers: int,
         heads: int,
         dropout: float,
+        attention_dropout: float,
         *,
         causal: bool,
         window: int,
@@ -52,7 +53,9 @@ class TransformerEncoder(nn.Module):
         self.hidden = hidden
         self.project = nn.Linear(in_dim, hidden)
         self.dropout = nn.Dropout(dropout)
-        self.stack = AttentionStack(hidden, layers, heads, dropout, causal=causal, window=window)
+        self.stack = AttentionStack(
+            hidden, layers, heads, attention_dropout, causal=causal, window=window
+        )
 
     def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
         h = self.project(x) + sinusoidal_positions(batch.positions, self.hidden)
@@ -92,6 +95,7 @@ def build_encoder(kind: str, in_dim: int, config: ModelConfig) -> nn.Module:
             config.encoder_layers,
             config.encoder_heads,
             config.dropout,
+            config.attention_dropout,
             causal=config.causal,
             window=config.wp,
         )
