@@ -151,6 +151,10 @@ class TextEncoder:
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            if not self.progress:
+                hf_logging.disable_progress_bar()
 
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(
