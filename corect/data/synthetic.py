@@ -30,17 +30,19 @@ Latents are mapped to the modality's dimension by a fixed random linear map, wit
 little isotropic noise on top.
 
 Consequences, measured by :func:`reference_accuracies` on the default test split
-(seed 0, Bayes decisions with the generating parameters known):
+(seed 0, noise 1.6, Bayes decisions with the generating parameters known):
 
-- no single modality suffices: text alone cannot tell arousal, audio cannot tell valence;
+- no single modality suffices: text alone cannot tell arousal, audio cannot tell valence
+  (a logistic regression on one modality's features reaches 25-34% test accuracy, on
+  all three 55%);
 - context matters: a Bayes classifier that sees only the utterance's own t+a+v cues
-  reaches about 58% accuracy, while knowing the true emotions of the other utterances
-  of the dialogue lifts the attainable accuracy to about 88% (causal: true emotions of
-  the past only, about 85%);
-- the future matters a little: the causal figure is a few points under the offline one.
+  reaches 63.7%; knowing the true emotions of the earlier utterances lifts the
+  attainable accuracy to 83.9% (causal), of all other utterances plus the next
+  utterance's reaction cue to 92.2% (offline);
+- the future matters a little: the causal bound is 8 points under the offline one.
 
-The last two are upper bounds (true labels carry more than noisy features do), so a
-perfect model reaches at most about 88% accuracy and at least the context-free 58%.
+The last two are upper bounds (true labels carry more than noisy features do): a perfect
+model lands between 63.7% and 92.2% accuracy offline, and under 83.9% causally.
 """
 
 from __future__ import annotations
