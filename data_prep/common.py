@@ -292,8 +292,10 @@ class VectorCache:
             return
         self._merge_from_disk()
         dims = {v.shape for v in self.vectors.values()}
-        if len(dims) != 1:  # a stale file with other dims: keep only what we computed now
-            raise ConversionError(f"{self.path}: cache holds vectors of shapes {sorted(dims)}")
+        if len(dims) != 1:  # another writer used the same file for other vectors
+            raise ConversionError(
+                f"{self.path}: cache holds vectors of shapes {sorted(dims)}; delete the file"
+            )
         keys = sorted(self.vectors)
         key_array = np.frombuffer(bytes.fromhex("".join(keys)), dtype=np.uint8).reshape(-1, 32)
         vectors = np.stack([self.vectors[k] for k in keys]).astype(np.float32)
