@@ -1,0 +1,669 @@
+"""Streaming recognition: one utterance in, one prediction out, with bounded cost.
+
+    recognizer = StreamingRecognizer.from_run("runs/.../corect-causal/RUN")
+    recognizer.reset()  # a new dialogue
+    prediction = recognizer.push("Ann", features={"a": audio, "v": visual}, text="Hi!")
+    prediction.label, prediction.probabilities, prediction.index
+
+Only causal runs stream (``model.causal: true``); an offline run is refused, since its
+predictions need the utterances that come later. The outputs equal the batch causal
+model's on the same dialogue (``tests/test_stream.py``).
+
+**How the cost stays bounded.** In causal mode every layer's output at utterance i
+depends only on the previous layer's outputs at utterances ``[i - wp, i]`` (attention
+blocks, graph layers), or on utterance i alone (MLP encoders, cross-modal edges, the
+head), and past outputs never change. So the recognizer keeps, per layer, the last
+``wp + 1`` outputs, runs each layer on that window only and appends the new output. A
+push costs the same at utterance 200 as at utterance 20. Recurrent parts (LSTM encoders,
+the GRU of ``context``) carry their hidden state, O(1) per push. With ``wp = -1`` (whole
+past) the windows grow with the dialogue and so does the cost.
+
+Models: CORECT (every encoder kind and ablation) and every fusion baseline, including
+``context``, stream with bounded state. Any other model falls back to recomputing the
+whole history at every push (correct, but its cost grows; ``bounded`` says which).
+
+Latency: ``python -m corect.stream --bench`` (median and p99 ms per utterance at several
+dialogue positions). Dialogues from a file: ``python -m corect.stream --run RUN --input
+dialogues.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from corect.config import Config, ConfigError, load_config
+from corect.data.batching import collate
+from corect.data.format import DatasetError, DialogueRecord
+from corect.evaluate import load_run
+from corect.graph import build_graph
+from corect.models import build_model
+from corect.models.attention import AttentionStack, attention_mask, sinusoidal_positions
+from corect.models.corect import CORECT
+from corect.models.encoders import LSTMEncoder, MLPEncoder, TransformerEncoder, UtteranceEncoder
+from corect.models.fusion import DialogueContext, FusionModel
+from corect.predict import PredictError, split_from_records, text_encoder_for_run
+
+if TYPE_CHECKING:
+    from data_prep.text_features import TextEncoder
+
+FEATURE_KEYS = {"t": "t", "a": "a", "v": "v", "text": "t", "audio": "a", "visual": "v"}
+
+
+@dataclass
+class Prediction:
+    """The prediction for one pushed utterance (`index`: its position in the dialogue)."""
+
+    label: str
+    probabilities: dict[str, float]
+    index: int
+    logits: list[float] = field(default_factory=list, repr=False)
+
+
+class Window:
+    """The last `size` tensors pushed (all of them when `size` is None)."""
+
+    def __init__(self, size: int | None) -> None:
+        self.items: deque[torch.Tensor] = deque(maxlen=size)
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        """Append `x`; return the window stacked, oldest first: [W, *x.shape]."""
+        self.items.append(x)
+        return torch.stack(tuple(self.items))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class StepModule(nn.Module):
+    """Base of the per-utterance steppers: `windows` lists every cache, for inspection."""
+
+    _own: list[Window]
+
+    def windows(self) -> list[Window]:
+        """Every cache of this stepper and its sub-steppers."""
+        return [w for m in self.modules() for w in getattr(m, "_own", [])]
+
+
+class SelfAttentionStep(StepModule):
+    """One new position through a causal :class:`AttentionStack` (self-attention): each
+    block runs on the window of its input, and the last position is kept."""
+
+    def __init__(self, stack: AttentionStack, size: int | None) -> None:
+        super().__init__()
+        if not stack.causal:
+            raise ValueError("streaming needs causal attention")
+        self.stack = stack
+        self.inputs = [Window(size) for _ in stack.blocks]
+        self._own = self.inputs
+        self._masks: dict[int, torch.Tensor] = {}
+
+    def mask(self, length: int, device: torch.device) -> torch.Tensor:
+        if length not in self._masks:
+            ones = torch.ones(1, length, dtype=torch.bool, device=device)
+            self._masks[length] = attention_mask(
+                ones, causal=True, window=self.stack.window, num_heads=self.stack.num_heads
+            )
+        return self._masks[length]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [dim] -> [dim]."""
+        for block, window in zip(self.stack.blocks, self.inputs, strict=True):
+            seq = window.push(x)
+            x = block(seq.unsqueeze(0), self.mask(seq.shape[0], x.device))[0, -1]
+        return self.stack.norm(x)
+
+
+class CrossAttentionStep(StepModule):
+    """One new query through a causal cross-modal :class:`AttentionStack`. Its keys are the
+    other modality's window (the same at every layer), so only the query is needed."""
+
+    def __init__(self, stack: AttentionStack) -> None:
+        super().__init__()
+        self.stack = stack
+        self._own: list[Window] = []
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x: [dim], context: [W, dim] -> [dim]."""
+        mask = torch.zeros(self.stack.num_heads, 1, context.shape[0], dtype=torch.bool)
+        mask = mask.to(x.device)
+        query, keys = x.view(1, 1, -1), context.unsqueeze(0)
+        for block in self.stack.blocks:
+            query = block(query, mask, keys)
+        return self.stack.norm(query[0, 0])
+
+
+class EncoderStep(StepModule):
+    """:class:`UtteranceEncoder` for one utterance: modality -> [H], speaker added."""
+
+    def __init__(self, encoder: UtteranceEncoder, size: int | None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.attention = nn.ModuleDict()
+        self._own: list[Window] = []
+        self.state: dict[str, Any] = {}
+        for m, enc in encoder.encoders.items():
+            if isinstance(enc, TransformerEncoder):
+                self.attention[m] = SelfAttentionStep(enc.stack, size)
+            elif isinstance(enc, LSTMEncoder):
+                if enc.lstm.bidirectional:
+                    raise ValueError("streaming needs a one-directional (causal) LSTM")
+            elif not isinstance(enc, MLPEncoder):
+                raise TypeError(f"no streaming step for encoder {type(enc).__name__}")
+
+    def forward(
+        self, features: Mapping[str, torch.Tensor], party: int, position: int
+    ) -> dict[str, torch.Tensor]:
+        hidden = {}
+        for m, enc in self.encoder.encoders.items():
+            x = features[m]
+            if isinstance(enc, MLPEncoder):
+                hidden[m] = enc.net(x)
+            elif isinstance(enc, TransformerEncoder):
+                pos = torch.tensor([[position]], device=x.device)
+                h = enc.project(x) + sinusoidal_positions(pos, enc.hidden)[0, 0]
+                hidden[m] = self.attention[m](enc.dropout(h))
+            else:
+                out, self.state[m] = enc.lstm(x.view(1, 1, -1), self.state.get(m))
+                hidden[m] = enc.project(enc.dropout(out[0, 0]))
+        if self.encoder.speaker_embedding is not None:
+            if party >= self.encoder.num_speakers:
+                raise PredictError(
+                    f"speaker number {party + 1} in this dialogue, but the model was trained "
+                    f"for at most {self.encoder.num_speakers} speakers"
+                )
+            speaker = self.encoder.speaker_embedding.weight[party]
+            hidden = {m: h + speaker for m, h in hidden.items()}
+        return hidden
+
+
+class CORECTStep(StepModule):
+    """A causal :class:`CORECT` one utterance at a time, with per-layer windows."""
+
+    def __init__(self, model: CORECT, size: int | None) -> None:
+        super().__init__()
+        self.model = model
+        self.encode = EncoderStep(model.encoder, size)
+        self.graph_inputs = Window(size)  # [M, H] encoder outputs per utterance
+        self.graph_hidden = Window(size)  # [M, H] RGCNConv outputs per utterance
+        self._own = [self.graph_inputs, self.graph_hidden]
+        self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cross = nn.ModuleDict()
+        self.fuse = nn.ModuleDict()
+        self.pcm_inputs: dict[str, Window] = {}
+        if model.pcm is not None:
+            mods = model.modalities
+            for j in mods:
+                self.fuse[j] = SelfAttentionStep(model.pcm.fuse[j], size)
+                self.pcm_inputs[j] = Window(size)
+                for k in mods:
+                    if k != j:
+                        self.cross[j + k] = CrossAttentionStep(model.pcm.cross[j + k])
+            self._own = [*self._own, *self.pcm_inputs.values()]
+
+    def graph(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's graph, only the edges into its last utterance (node m*W + W-1)."""
+        if length not in self._graphs:
+            m = self.model
+            edge_index, edge_type = build_graph(
+                torch.tensor([length]), len(m.modalities), m.wp, m.wf, m.edge_types
+            )
+            keep = edge_index[1] % length == length - 1
+            self._graphs[length] = (edge_index[:, keep].to(device), edge_type[keep].to(device))
+        return self._graphs[length]
+
+    def rtgcn(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [M, H] -> [M * heads * H], as CORECT's RT-GCN part for this utterance."""
+        rtgcn, num_mod = self.model.rtgcn, hidden.shape[0]
+        x = self.graph_inputs.push(hidden)  # [W, M, H]
+        length = x.shape[0]
+        edge_index, edge_type = self.graph(length, hidden.device)
+        nodes = x.transpose(0, 1).reshape(num_mod * length, -1)  # node m*W + n
+        h = rtgcn.relational(nodes, edge_index, edge_type).view(num_mod, length, -1)[:, -1]
+        h_window = self.graph_hidden.push(h).transpose(0, 1).reshape(num_mod * length, -1)
+        z = rtgcn.transformer(h_window, edge_index).view(num_mod, length, -1)[:, -1]
+        return rtgcn.activation(rtgcn.norm(z)).flatten()
+
+    def pcm(self, hidden: dict[str, torch.Tensor], position: int) -> torch.Tensor:
+        pcm = self.model.pcm
+        device = next(iter(hidden.values())).device
+        pe = sinusoidal_positions(torch.tensor([[position]], device=device), pcm.hidden)[0, 0]
+        h = {m: hidden[m] + pe for m in pcm.modalities}
+        windows = {m: self.pcm_inputs[m].push(h[m]) for m in pcm.modalities}
+        outputs = []
+        for j in pcm.modalities:
+            crossed = [self.cross[j + k](h[j], windows[k]) for k in pcm.modalities if k != j]
+            outputs.append(self.fuse[j](torch.cat(crossed)))
+        return torch.cat(outputs)
+
+    def forward(
+        self, features: Mapping[str, torch.Tensor], party: int, position: int
+    ) -> torch.Tensor:
+        hidden = self.encode(features, party, position)
+        parts = []
+        if self.model.rtgcn is not None:
+            parts.append(self.rtgcn(torch.stack([hidden[m] for m in self.model.modalities])))
+        if self.model.pcm is not None:
+            parts.append(self.pcm(hidden, position))
+        if not parts:
+            parts = [hidden[m] for m in self.model.modalities]
+        return self.model.head(torch.cat(parts))
+
+
+class FusionStep(StepModule):
+    """A causal :class:`FusionModel`: encoder step, per-utterance fusion, and for
+    ``context`` one GRU step per stream with the hidden state carried."""
+
+    def __init__(self, model: FusionModel, size: int | None) -> None:
+        super().__init__()
+        self.model = model
+        self.encode = EncoderStep(model.encoder, size)
+        self._own: list[Window] = []
+        self.state: list[torch.Tensor | None] = []
+        context = model.context
+        if context is not None:
+            if not isinstance(context, DialogueContext) or not context.causal:
+                raise ValueError("streaming needs a causal (one-directional) dialogue context")
+            self.state = [None] * context.streams
+
+    def forward(
+        self, features: Mapping[str, torch.Tensor], party: int, position: int
+    ) -> torch.Tensor:
+        hidden = self.encode(features, party, position)
+        z = self.model.fusion(torch.stack([hidden[m] for m in self.model.modalities])[None])
+        context = self.model.context
+        if context is not None:
+            outputs = []
+            chunks = z.chunk(context.streams, dim=-1)
+            for s, (gru, chunk) in enumerate(zip(context.grus, chunks, strict=True)):
+                out, self.state[s] = gru(chunk.unsqueeze(1), self.state[s])
+                outputs.append(out[:, 0])
+            z = context.dropout(torch.cat(outputs, dim=-1))
+        return self.model.head(z)[0]
+
+
+class RecomputeStep(StepModule):
+    """Fallback for any other model: rerun the batch model on the whole history."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.history: list[tuple[dict[str, torch.Tensor], int]] = []
+        self._own = []
+
+    def forward(
+        self, features: Mapping[str, torch.Tensor], party: int, position: int
+    ) -> torch.Tensor:
+        self.history.append(({m: x.cpu().numpy() for m, x in features.items()}, party))
+        record = DialogueRecord(
+            "stream",
+            [str(p) for _, p in self.history],
+            [-1] * len(self.history),
+            {m: np.stack([f[m] for f, _ in self.history]) for m in features},
+        )
+        dims = {m: x.shape[-1] for m, x in features.items()}
+        device = next(iter(features.values())).device
+        return self.model(collate(split_from_records([record], dims), [0]).to(device))[-1]
+
+
+class StreamingRecognizer:
+    """Utterances of a dialogue in, one prediction each out, from a causal model.
+
+    `model` must be in causal mode (its config's ``model.causal``). `wp` is the past window
+    (-1: whole past, the cost then grows with the dialogue)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Config,
+        labels: Sequence[str],
+        dims: Mapping[str, int],
+        *,
+        device: str | torch.device = "cpu",
+        text_model: str | Path | None = None,
+    ) -> None:
+        if not config.model.causal:
+            raise ConfigError(
+                "this model is offline (model.causal: false): its predictions use later "
+                "utterances, so it cannot stream. Train a causal one (python -m corect.train "
+                "--set model.causal=true) or use python -m corect.predict for whole dialogues"
+            )
+        self.model = model.to(device).eval()
+        self.config = config
+        self.labels = list(labels)
+        self.dims = dict(dims)
+        self.device = torch.device(device)
+        self.text_model = text_model
+        self._text_encoder: TextEncoder | None = None
+        self.bounded = isinstance(model, (CORECT, FusionModel)) and config.model.wp >= 0
+        self.reset()
+
+    @classmethod
+    def from_run(
+        cls, run_dir: str | Path, device: str = "cpu", text_model: str | Path | None = None
+    ) -> StreamingRecognizer:
+        """Load a causal run (refuses an offline one)."""
+        config, model, checkpoint = load_run(run_dir, device)
+        if not config.model.causal:
+            raise ConfigError(
+                f"{run_dir} is an offline run (model.causal: false): its predictions use "
+                "later utterances, so it cannot stream. Train a causal run (python -m "
+                "corect.train --set model.causal=true) or use python -m corect.predict"
+            )
+        return cls(
+            model,
+            config,
+            checkpoint["labels"],
+            checkpoint["dims"],
+            device=device,
+            text_model=text_model,
+        )
+
+    def reset(self) -> None:
+        """Start a new dialogue: forget every speaker and cache."""
+        size = self.config.model.wp + 1 if self.config.model.wp >= 0 else None
+        if isinstance(self.model, CORECT):
+            self.step: StepModule = CORECTStep(self.model, size)
+        elif isinstance(self.model, FusionModel):
+            self.step = FusionStep(self.model, size)
+        else:
+            self.step = RecomputeStep(self.model)
+        self.parties: dict[str, int] = {}
+        self.position = 0
+
+    def cache_sizes(self) -> list[int]:
+        """The length of every cache (each at most wp + 1 when wp >= 0)."""
+        return [len(w) for w in self.step.windows()]
+
+    def text_features(self, text: str) -> torch.Tensor:
+        """Text features with data_prep's text encoder (the run's model, checked)."""
+        if self._text_encoder is None:
+            self._text_encoder = text_encoder_for_run(
+                self.config, self.dims["t"], self.text_model, cache=False
+            )
+        return torch.from_numpy(self._text_encoder.encode([text])[0])
+
+    def inputs(
+        self, features: Mapping[str, Any] | None, text: str | None
+    ) -> dict[str, torch.Tensor]:
+        """Features by modality letter, checked against the model's dims."""
+        given: dict[str, torch.Tensor] = {}
+        for key, value in (features or {}).items():
+            m = FEATURE_KEYS.get(key)
+            if m is None:
+                raise PredictError(f"features: unknown modality {key!r}; use t/a/v or names")
+            given[m] = torch.as_tensor(np.asarray(value, dtype=np.float32)).flatten()
+        if "t" in self.dims and "t" not in given and text is not None:
+            given["t"] = self.text_features(text)
+        for m, dim in self.dims.items():
+            if m not in given:
+                hint = " (or pass text=...)" if m == "t" else ""
+                raise PredictError(f"utterance {self.position}: modality {m} is missing{hint}")
+            if given[m].numel() != dim:
+                raise PredictError(
+                    f"utterance {self.position}: modality {m} has {given[m].numel()} "
+                    f"features, the model expects {dim}"
+                )
+        return {m: given[m].to(self.device) for m in self.dims}
+
+    @torch.inference_mode()
+    def push(
+        self, speaker: str, features: Mapping[str, Any] | None = None, text: str | None = None
+    ) -> Prediction:
+        """Classify the next utterance of the dialogue from its speaker and features
+        (modality -> vector; text may come as `text` when the run allows it)."""
+        x = self.inputs(features, text)
+        party = self.parties.setdefault(str(speaker), len(self.parties))
+        logits = self.step(x, party, self.position).float().cpu()
+        probabilities = logits.softmax(-1)
+        prediction = Prediction(
+            self.labels[int(probabilities.argmax())],
+            {c: float(p) for c, p in zip(self.labels, probabilities, strict=True)},
+            self.position,
+            logits.tolist(),
+        )
+        self.position += 1
+        return prediction
+
+
+# --- command line ---------------------------------------------------------------------
+
+
+def bench_recognizer(
+    run: str | None, overrides: Sequence[str], device: str
+) -> tuple[StreamingRecognizer, str]:
+    """The recognizer to time: a run, or an untrained causal model of the default config
+    (synthetic dims), whose cost is the same as a trained one's."""
+    if run:
+        return StreamingRecognizer.from_run(run, device), str(run)
+    config = load_config(None, ["model.causal=true", *overrides])
+    dims = {m: config.data.synthetic.dims[m] for m in config.data.modalities}
+    num_speakers = config.model.num_speakers or 4
+    torch.manual_seed(0)
+    model = build_model(config.model, dims, 6, num_speakers)
+    labels = [f"class{k}" for k in range(6)]
+    m = config.model
+    what = (
+        f"untrained {m.name} ({config.data.modalities}, dims "
+        + "/".join(f"{k} {d}" for k, d in dims.items())
+        + f", hidden {m.hidden_size}, wp {m.wp})"
+    )
+    return StreamingRecognizer(model, config, labels, dims, device=device), what
+
+
+def bench(
+    recognizer: StreamingRecognizer,
+    positions: Sequence[int],
+    dialogues: int,
+    span: int,
+    recompute: int,
+) -> list[dict[str, Any]]:
+    """Latency per push at each position p (samples: pushes at positions p .. p+span-1 of
+    `dialogues` random dialogues), and, for reference, the batch model's latency on the
+    whole history up to p (`recompute` samples)."""
+    g = torch.Generator().manual_seed(0)
+    length = max(positions) + span
+    speakers = ["A", "B", "C"]
+    samples: dict[int, list[float]] = {p: [] for p in positions}
+    history: list[tuple[str, dict[str, torch.Tensor]]] = []
+    for d in range(dialogues):
+        recognizer.reset()
+        for i in range(length):
+            speaker = speakers[int(torch.randint(0, 3, (1,), generator=g))]
+            feats = {m: torch.randn(dim, generator=g) for m, dim in recognizer.dims.items()}
+            if d == 0:
+                history.append((speaker, feats))
+            start = time.perf_counter()
+            recognizer.push(speaker, feats)
+            elapsed = 1000 * (time.perf_counter() - start)
+            for p in positions:
+                if p <= i < p + span:
+                    samples[p].append(elapsed)
+    rows = []
+    for p in positions:
+        row = {
+            "position": p,
+            "samples": len(samples[p]),
+            "median_ms": statistics.median(samples[p]),
+            "p99_ms": float(np.percentile(samples[p], 99)),
+            "cache_max": max(recognizer.cache_sizes(), default=0),
+        }
+        if recompute:
+            record = DialogueRecord(
+                "bench",
+                [s for s, _ in history[: p + 1]],
+                [-1] * (p + 1),
+                {
+                    m: torch.stack([f[m] for _, f in history[: p + 1]]).numpy()
+                    for m in recognizer.dims
+                },
+            )
+            batch = collate(split_from_records([record], recognizer.dims), [0])
+            batch = batch.to(recognizer.device)
+            times = []
+            with torch.inference_mode():
+                for _ in range(recompute):
+                    start = time.perf_counter()
+                    recognizer.model(batch)
+                    times.append(1000 * (time.perf_counter() - start))
+            row["recompute_median_ms"] = statistics.median(times)
+        rows.append(row)
+    return rows
+
+
+def format_bench(rows: list[dict[str, Any]], what: str) -> str:
+    lines = [
+        f"Streaming latency, {what}, {torch.get_num_threads()} thread(s):",
+        "",
+        "| Position | Pushes timed | Median ms/utterance | p99 ms | Batch recompute ms |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        recompute = f"{r['recompute_median_ms']:.2f}" if "recompute_median_ms" in r else "-"
+        lines.append(
+            f"| {r['position']} | {r['samples']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} "
+            f"| {recompute} |"
+        )
+    return "\n".join(lines)
+
+
+def stream_file(recognizer: StreamingRecognizer, path: str | Path) -> list[dict[str, Any]]:
+    """Stream every dialogue of a JSONL file (data_prep.jsonl format); per utterance the
+    prediction and the push latency."""
+    from data_prep.jsonl import read_jsonl
+
+    results = []
+    for dialogue in read_jsonl(path, recognizer.labels, require_labels=False, default_split="test"):
+        recognizer.reset()
+        utterances = []
+        for k in range(len(dialogue)):
+            start = time.perf_counter()
+            p = recognizer.push(dialogue.speakers[k], dialogue.features[k], dialogue.texts[k])
+            utterances.append(
+                {
+                    "index": p.index,
+                    "speaker": dialogue.speakers[k],
+                    "label": p.label,
+                    "probabilities": {c: round(x, 6) for c, x in p.probabilities.items()},
+                    "ms": round(1000 * (time.perf_counter() - start), 3),
+                }
+            )
+            if dialogue.labels[k] is not None:
+                utterances[-1]["true_label"] = dialogue.labels[k]
+        results.append({"id": dialogue.id, "utterances": utterances})
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m corect.stream",
+        description=(
+            "Stream dialogues utterance by utterance through a causal run, or measure the "
+            "streaming latency. The recognizer keeps, per layer, the outputs of the last "
+            "wp + 1 utterances, so a push costs the same at any point of a long dialogue; "
+            "with model.wp = -1 (whole past) the cost grows with the dialogue."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  python -m corect.stream --run RUN_DIR --input dialogues.jsonl\n"
+            "  python -m corect.stream --bench              # default CORECT, synthetic dims\n"
+            "  python -m corect.stream --bench --run RUN_DIR --positions 10,100"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run", help="causal run directory (offline runs are refused)")
+    parser.add_argument("--input", help="JSONL dialogues to stream (data_prep.jsonl format)")
+    parser.add_argument("--output", help="write the predictions as JSONL here")
+    parser.add_argument(
+        "--bench",
+        action="store_true",
+        help="time pushes: median and p99 ms per utterance at --positions (without --run: "
+        "an untrained causal CORECT of the default config, dims t 384 / a 100 / v 512)",
+    )
+    parser.add_argument("--positions", default="10,50,100,200", help="dialogue positions")
+    parser.add_argument("--dialogues", type=int, default=10, help="bench: dialogues streamed")
+    parser.add_argument(
+        "--span", type=int, default=10, help="bench: pushes timed from each position on"
+    )
+    parser.add_argument(
+        "--recompute",
+        type=int,
+        default=3,
+        help="bench: timings of the batch model on the whole history, for reference (0 = off)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bench without --run: config overrides, e.g. model.wp=-1 data.modalities=t",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--text-model", default=None, help="local text model directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from data_prep.common import ConversionError
+    from data_prep.text_features import TextModelError
+
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        if args.bench:
+            positions = [int(p) for p in args.positions.split(",") if p.strip()]
+            recognizer, what = bench_recognizer(args.run, args.overrides, args.device)
+            rows = bench(recognizer, positions, args.dialogues, args.span, args.recompute)
+            print(format_bench(rows, what))
+            if not recognizer.bounded:
+                print("note: unbounded past (wp = -1) or recompute fallback: cost grows")
+            if args.output:
+                Path(args.output).write_text(json.dumps(rows, indent=1) + "\n")
+            return 0
+        if not (args.run and args.input):
+            raise ConfigError("give --run and --input, or --bench")
+        recognizer = StreamingRecognizer.from_run(args.run, args.device, args.text_model)
+        results = stream_file(recognizer, args.input)
+    except (
+        ConfigError,
+        DatasetError,
+        ConversionError,
+        TextModelError,
+        PredictError,
+        FileNotFoundError,
+    ) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.output:
+        lines = [json.dumps(d, ensure_ascii=False) for d in results]
+        Path(args.output).write_text("\n".join(lines) + "\n")
+        print(f"{sum(len(d['utterances']) for d in results)} utterances -> {args.output}")
+    else:
+        for d in results:
+            print(f"dialogue {d['id']}")
+            for u in d["utterances"]:
+                truth = f" (true: {u['true_label']})" if "true_label" in u else ""
+                print(
+                    f"  {u['index']:4d}  {u['speaker'][:16]:<16} {u['label']:<12} "
+                    f"{u['probabilities'][u['label']]:5.2f}  {u['ms']:7.2f} ms{truth}"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

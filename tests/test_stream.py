@@ -1,0 +1,182 @@
+"""Streaming: pushing utterances one at a time gives the batch causal model's outputs,
+with caches that stay within the past window."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corect.config import ConfigError, config_from_dict
+from corect.data.batching import collate
+from corect.data.format import DialogueRecord
+from corect.models import build_model
+from corect.models.fusion import FUSION_NAMES
+from corect.predict import PredictError, split_from_records
+from corect.stream import StreamingRecognizer, main
+from tests.conftest import TINY_DIMS
+from tests.test_causal import train_briefly
+from tests.test_predict import tiny_run
+
+LABELS = ["x", "y", "z"]
+# A multi-party dialogue: four parties, the fourth enters late.
+SPEAKERS = ["Ann", "Bob", "Ann", "Cy", "Bob", "Ann", "Cy", "Bob", "Di", "Ann", "Di", "Bob"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def recognizer(name: str, modalities: str, *, trained: bool = True, **model):
+    values = {
+        "name": name,
+        "hidden_size": 16,
+        "gnn_heads": 2,
+        "encoder_layers": 2,
+        "pcm_layers": 2,
+        "pcm_self_layers": 2,
+        "dropout": 0.1,
+        "causal": True,
+        "wp": 3,
+        **model,
+    }
+    config = config_from_dict({"data": {"modalities": modalities}, "model": values})
+    dims = {m: TINY_DIMS[m] for m in modalities}
+    torch.manual_seed(0)
+    net = build_model(config.model, dims, len(LABELS), 5)
+    if trained:
+        train_briefly(net, modalities)
+    return StreamingRecognizer(net.eval(), config, LABELS, dims)
+
+
+def dialogue(dims: dict[str, int], speakers: list[str] = SPEAKERS, seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(len(speakers), d, generator=g) for m, d in dims.items()}
+
+
+def batch_logits(rec: StreamingRecognizer, feats: dict, speakers: list[str]) -> torch.Tensor:
+    record = DialogueRecord(
+        "d", speakers, [-1] * len(speakers), {m: x.numpy() for m, x in feats.items()}
+    )
+    with torch.no_grad():
+        return rec.model(collate(split_from_records([record], rec.dims), [0]))
+
+
+def stream_logits(rec: StreamingRecognizer, feats: dict, speakers: list[str]) -> torch.Tensor:
+    rec.reset()
+    out = []
+    for k, speaker in enumerate(speakers):
+        p = rec.push(speaker, {m: x[k] for m, x in feats.items()})
+        assert p.index == k and p.label == rec.labels[int(torch.tensor(p.logits).argmax())]
+        out.append(p.logits)
+    return torch.tensor(out)
+
+
+def assert_stream_equals_batch(rec: StreamingRecognizer, speakers: list[str] = SPEAKERS) -> None:
+    feats = dialogue(rec.dims, speakers)
+    expected = batch_logits(rec, feats, speakers)
+    torch.testing.assert_close(stream_logits(rec, feats, speakers), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("wp", [3, 0, -1])
+@pytest.mark.parametrize(
+    ("modalities", "encoders"),
+    [
+        ("t", {"t": "transformer"}),
+        ("t", {"t": "lstm"}),
+        ("ta", {"t": "transformer", "a": "mlp"}),
+        ("av", {"a": "lstm", "v": "transformer"}),
+        ("tav", {"t": "transformer", "a": "mlp", "v": "mlp"}),
+        ("tav", {"t": "lstm", "a": "transformer", "v": "mlp"}),
+    ],
+)
+def test_corect_stream_equals_batch(modalities: str, encoders: dict, wp: int) -> None:
+    assert_stream_equals_batch(recognizer("corect", modalities, encoders=encoders, wp=wp))
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"edge_types": "temp"},
+        {"edge_types": "multi"},
+        {"use_rtgcn": False},
+        {"use_pcm": False},
+        {"use_speaker": False},
+        {"use_rtgcn": False, "use_pcm": False},
+    ],
+)
+def test_corect_ablations_stream_equals_batch(switches: dict) -> None:
+    assert_stream_equals_batch(recognizer("corect", "tav", **switches))
+
+
+def test_untrained_and_two_party() -> None:
+    rec = recognizer("corect", "tav", trained=False)
+    assert_stream_equals_batch(rec, ["M", "F"] * 7)
+    assert_stream_equals_batch(rec)  # reset() between dialogues: same as a fresh recognizer
+
+
+@pytest.mark.parametrize(
+    "spec", [*FUSION_NAMES, *(f"context:{f}" for f in ("early", "late", "xattn"))]
+)
+def test_baselines_stream_equals_batch(spec: str) -> None:
+    name, _, fusion = spec.partition(":")
+    rec = recognizer(
+        name, "tav", fusion=fusion or "early", encoders={"t": "transformer", "a": "lstm"}
+    )
+    assert rec.bounded
+    assert_stream_equals_batch(rec)
+
+
+def test_caches_stay_within_the_window() -> None:
+    rec = recognizer("corect", "tav", trained=False, wp=3, encoders={"t": "transformer"})
+    speakers = ["A", "B", "C"] * 17  # 51 utterances
+    feats = dialogue(rec.dims, speakers)
+    rec.reset()
+    for k, speaker in enumerate(speakers):
+        rec.push(speaker, {m: x[k] for m, x in feats.items()})
+    sizes = rec.cache_sizes()
+    # t encoder 2 blocks, graph inputs + hidden, P-CM inputs 3 + fuse 3 x 2 blocks.
+    assert len(sizes) == 2 + 2 + 3 + 6 and max(sizes) == 4 and rec.bounded
+    unbounded = recognizer("corect", "tav", trained=False, wp=-1)
+    for k, speaker in enumerate(speakers):
+        unbounded.push(speaker, {m: x[k] for m, x in feats.items()})
+    assert max(unbounded.cache_sizes()) == len(speakers) and not unbounded.bounded
+
+
+def test_input_errors() -> None:
+    rec = recognizer("corect", "ta", trained=False)
+    a = torch.zeros(TINY_DIMS["a"])
+    with pytest.raises(PredictError, match="modality t is missing"):
+        rec.push("A", {"a": a})
+    with pytest.raises(PredictError, match="modality a has 3 features"):
+        rec.push("A", {"text": torch.zeros(TINY_DIMS["t"]), "audio": torch.zeros(3)})
+    with pytest.raises(PredictError, match="features.text"):  # synthetic: no text encoder
+        rec.push("A", {"a": a}, text="hello")
+    rec.reset()
+    for speaker in "ABCDE":
+        rec.push(speaker, {"t": torch.zeros(TINY_DIMS["t"]), "a": a})
+    with pytest.raises(PredictError, match="at most 5 speakers"):
+        rec.push("F", {"t": torch.zeros(TINY_DIMS["t"]), "a": a})
+
+
+def test_from_run(tmp_path) -> None:
+    offline = tiny_run(tmp_path, causal=False)
+    with pytest.raises(ConfigError, match="offline run"):
+        StreamingRecognizer.from_run(offline)
+    rec = StreamingRecognizer.from_run(tiny_run(tmp_path, causal=True))
+    assert rec.labels == ["sad", "angry", "neutral", "frustrated", "happy", "excited"]
+    speakers = ["A", "B", "A", "C", "B", "A"]
+    feats = dialogue(rec.dims, speakers)
+    logits = stream_logits(rec, feats, speakers)
+    torch.testing.assert_close(logits, batch_logits(rec, feats, speakers), atol=1e-5, rtol=0)
+
+
+def test_bench_cli(capsys) -> None:
+    args = ["--bench", "--positions", "1,4", "--dialogues", "2", "--span", "2", "--set"]
+    args += ["data.synthetic.dims={t: 8, a: 6, v: 5}", "model.hidden_size=16", "model.wp=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| 4 | 4 |" in out and "Median ms/utterance" in out and "wp 2" in out
