@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -477,6 +478,7 @@ def bench(
     length = max(positions) + span
     speakers = ["A", "B", "C"]
     samples: dict[int, list[float]] = {p: [] for p in positions}
+    cpu: dict[int, list[float]] = {p: [] for p in positions}
     history: list[tuple[str, dict[str, torch.Tensor]]] = []
     for d in range(dialogues):
         recognizer.reset()
@@ -485,12 +487,14 @@ def bench(
             feats = {m: torch.randn(dim, generator=g) for m, dim in recognizer.dims.items()}
             if d == 0:
                 history.append((speaker, feats))
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             recognizer.push(speaker, feats)
             elapsed = 1000 * (time.perf_counter() - start)
+            elapsed_cpu = 1000 * (time.process_time() - start_cpu)
             for p in positions:
                 if p <= i < p + span:
                     samples[p].append(elapsed)
+                    cpu[p].append(elapsed_cpu)
     rows = []
     for p in positions:
         row = {
@@ -498,6 +502,7 @@ def bench(
             "samples": len(samples[p]),
             "median_ms": statistics.median(samples[p]),
             "p99_ms": float(np.percentile(samples[p], 99)),
+            "cpu_median_ms": statistics.median(cpu[p]),
             "cache_max": max(recognizer.cache_sizes(), default=0),
         }
         if recompute:
@@ -524,17 +529,21 @@ def bench(
 
 
 def format_bench(rows: list[dict[str, Any]], what: str) -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
-        f"Streaming latency, {what}, {torch.get_num_threads()} thread(s):",
+        f"Streaming latency, {what}, {torch.get_num_threads()} thread(s), machine load "
+        f"{load:.1f}. Wall-clock ms per push (median, p99), its CPU time (median), and the "
+        "batch model rerun on the whole history up to that position (median):",
         "",
-        "| Position | Pushes timed | Median ms/utterance | p99 ms | Batch recompute ms |",
-        "|---:|---:|---:|---:|---:|",
+        "| Position | Pushes timed | Median ms/utterance | p99 ms | CPU median ms "
+        "| Batch recompute ms |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         recompute = f"{r['recompute_median_ms']:.2f}" if "recompute_median_ms" in r else "-"
         lines.append(
             f"| {r['position']} | {r['samples']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} "
-            f"| {recompute} |"
+            f"| {r['cpu_median_ms']:.2f} | {recompute} |"
         )
     return "\n".join(lines)
 
