@@ -115,6 +115,7 @@ class TrainConfig:
     scheduler_patience: int = 5  # ReduceLROnPlateau on dev loss; -1 = no scheduler
     scheduler_factor: float = 0.5
     early_stopping: int = 15  # epochs without dev weighted-F1 gain; 0 = off
+    bucket_by_length: bool = True  # batch dialogues of similar length (less padding)
     modality_dropout: float = 0.0  # probability to blank one modality of a dialogue in training
     seed: int = 24
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -61,7 +61,13 @@ def measure(modalities: str, epochs: int, device_name: str, overrides: list[str]
     for _ in range(epochs + 1):  # the first epoch warms up and is not counted
         model.train()
         start = time.perf_counter()
-        for batch in iterate_batches(train_split, batch_size, shuffle=True, generator=generator):
+        for batch in iterate_batches(
+            train_split,
+            batch_size,
+            shuffle=True,
+            generator=generator,
+            bucket_by_length=config.train.bucket_by_length,
+        ):
             batch = batch.to(device)
             loss = nn.functional.cross_entropy(model(batch), batch.labels)
             optimizer.zero_grad(set_to_none=True)

@@ -247,7 +247,13 @@ def train(config: Config) -> Path:
         model.train()
         start = time.perf_counter()
         total_loss, total_count, predictions, targets = 0.0, 0, [], []
-        batches = iterate_batches(train_split, cfg.batch_size, shuffle=True, generator=generator)
+        batches = iterate_batches(
+            train_split,
+            cfg.batch_size,
+            shuffle=True,
+            generator=generator,
+            bucket_by_length=cfg.bucket_by_length,
+        )
         bar = tqdm(
             batches,
             total=num_batches(train_split, cfg.batch_size),

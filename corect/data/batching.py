@@ -14,6 +14,8 @@ import torch
 
 from corect.data.format import SplitData
 
+BUCKET_POOL = 5  # batches per length-sorted pool when bucketing
+
 
 @dataclass
 class Batch:
@@ -79,12 +81,24 @@ def iterate_batches(
     *,
     shuffle: bool = False,
     generator: torch.Generator | None = None,
+    bucket_by_length: bool = False,
 ) -> Iterator[Batch]:
-    """Yield batches over a split; shuffled with `generator` when `shuffle` is True."""
+    """Yield batches over a split; shuffled with `generator` when `shuffle` is True.
+
+    With `bucket_by_length` (training), dialogues of similar length share a batch: the
+    (shuffled) order is cut into pools of `BUCKET_POOL` batches, each pool sorted by
+    length and cut into batches, and the batches shuffled. Far less padding for the
+    attention layers, and still a different batch mix every epoch."""
     n = split.num_dialogues
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
-        yield collate(split, order[start : start + batch_size])
+    if bucket_by_length:
+        pools = torch.split(order, batch_size * BUCKET_POOL)
+        order = torch.cat([p[torch.sort(split.lengths[p], stable=True).indices] for p in pools])
+    chunks = list(torch.split(order, batch_size))
+    if bucket_by_length and shuffle:
+        chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator)]
+    for chunk in chunks:
+        yield collate(split, chunk)
 
 
 def num_batches(split: SplitData, batch_size: int) -> int:
