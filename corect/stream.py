@@ -89,13 +89,13 @@ class Window:
 
 
 class StepModule(nn.Module):
-    """Base of the per-utterance steppers: `windows` lists every cache, for inspection."""
+    """Base of the per-utterance steppers; `caches` are its own windows of past outputs."""
 
-    _own: list[Window]
+    caches: list[Window]
 
     def windows(self) -> list[Window]:
         """Every cache of this stepper and its sub-steppers."""
-        return [w for m in self.modules() for w in getattr(m, "_own", [])]
+        return [w for m in self.modules() for w in getattr(m, "caches", [])]
 
 
 class SelfAttentionStep(StepModule):
@@ -108,7 +108,7 @@ class SelfAttentionStep(StepModule):
             raise ValueError("streaming needs causal attention")
         self.stack = stack
         self.inputs = [Window(size) for _ in stack.blocks]
-        self._own = self.inputs
+        self.caches = self.inputs
         self._masks: dict[int, torch.Tensor] = {}
 
     def mask(self, length: int, device: torch.device) -> torch.Tensor:
@@ -134,7 +134,7 @@ class CrossAttentionStep(StepModule):
     def __init__(self, stack: AttentionStack) -> None:
         super().__init__()
         self.stack = stack
-        self._own: list[Window] = []
+        self.caches: list[Window] = []
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x: [dim], context: [W, dim] -> [dim]."""
@@ -153,7 +153,7 @@ class EncoderStep(StepModule):
         super().__init__()
         self.encoder = encoder
         self.attention = nn.ModuleDict()
-        self._own: list[Window] = []
+        self.caches: list[Window] = []
         self.state: dict[str, Any] = {}
         for m, enc in encoder.encoders.items():
             if isinstance(enc, TransformerEncoder):
@@ -199,7 +199,7 @@ class CORECTStep(StepModule):
         self.encode = EncoderStep(model.encoder, size)
         self.graph_inputs = Window(size)  # [M, H] encoder outputs per utterance
         self.graph_hidden = Window(size)  # [M, H] RGCNConv outputs per utterance
-        self._own = [self.graph_inputs, self.graph_hidden]
+        self.caches = [self.graph_inputs, self.graph_hidden]
         self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cross = nn.ModuleDict()
         self.fuse = nn.ModuleDict()
@@ -212,7 +212,7 @@ class CORECTStep(StepModule):
                 for k in mods:
                     if k != j:
                         self.cross[j + k] = CrossAttentionStep(model.pcm.cross[j + k])
-            self._own = [*self._own, *self.pcm_inputs.values()]
+            self.caches = [*self.caches, *self.pcm_inputs.values()]
 
     def graph(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The window's graph, only the edges into its last utterance (node m*W + W-1)."""
@@ -271,7 +271,7 @@ class FusionStep(StepModule):
         super().__init__()
         self.model = model
         self.encode = EncoderStep(model.encoder, size)
-        self._own: list[Window] = []
+        self.caches: list[Window] = []
         self.state: list[torch.Tensor | None] = []
         context = model.context
         if context is not None:
@@ -302,7 +302,7 @@ class RecomputeStep(StepModule):
         super().__init__()
         self.model = model
         self.history: list[tuple[dict[str, torch.Tensor], int]] = []
-        self._own = []
+        self.caches = []
 
     def forward(
         self, features: Mapping[str, torch.Tensor], party: int, position: int
