@@ -180,3 +180,21 @@ def test_bench_cli(capsys) -> None:
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| 4 | 4 |" in out and "Median ms/utterance" in out and "wp 2" in out
+
+
+class Wrapped(torch.nn.Module):
+    """A model the recognizer has no stepper for."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, batch):
+        return self.inner(batch)
+
+
+def test_other_models_fall_back_to_recomputing() -> None:
+    rec = recognizer("corect", "ta", trained=False)
+    wrapped = StreamingRecognizer(Wrapped(rec.model), rec.config, LABELS, rec.dims)
+    assert not wrapped.bounded
+    assert_stream_equals_batch(wrapped)
