@@ -370,13 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m corect.compare_modes",
         description=(
-            "Offline vs causal: train the model of CONFIG twice per seed, once offline and "
-            "once causal (model.causal=true: no prediction uses a later utterance), with "
-            "the same data, config and seed; score both on the test split; write a "
-            "Markdown table and a JSON file under <train.runs_dir>/compare/<name>-<date-"
-            "time>/ (accuracy, weighted F1, macro F1, per-class F1 as mean ± std over seeds "
-            "in %, the difference, weighted F1 by position in the dialogue). Prints the "
-            "table, then the path of results.md last."
+            "Offline vs causal. Trains the model of CONFIG twice per seed, once offline and\n"
+            "once causal (model.causal=true: no prediction uses a later utterance), with the\n"
+            "same data, config and seed (or scores runs given with --runs/--causal-runs).\n"
+            "Scores both on the test split and writes a Markdown table and JSON under\n"
+            "<train.runs_dir>/compare/<name>-<date-time>/: accuracy, weighted F1, macro F1\n"
+            "and per-class F1 (mean ± std over seeds, %), the difference causal - offline,\n"
+            "and weighted F1 by position in the dialogue (1-5, 6-10, 11-20, 21+). The runs\n"
+            "themselves go to the usual runs directory, side by side in TensorBoard.\n"
+            "Prints the table, then the path of results.md last."
         ),
         epilog=(
             "Examples:\n"
@@ -392,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default=None, help="YAML config (default: built-in CORECT on synthetic data)"
     )
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=int, default=3, help="train with seeds 1..N (default 3)")
+    seeds.add_argument(
+        "--seeds", type=int, default=3, help="train with seeds 1..N (default %(default)s)"
+    )
     seeds.add_argument("--seed-list", default=None, help="comma-separated seeds, e.g. 1,7,42")
     parser.add_argument(
         "--set",
@@ -412,7 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--causal-runs", default="", metavar="DIR,...", help="the causal runs to compare with"
     )
-    parser.add_argument("--split", default="test", choices=["test", "dev"], help="split to score")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "dev"],
+        help="split to score (default %(default)s)",
+    )
     parser.add_argument("--name", default=None, help="name (default: the config file's stem)")
     parser.add_argument(
         "--out", default=None, help="output directory (default: <runs_dir>/compare/<name>-<time>)"

@@ -579,10 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m corect.stream",
         description=(
-            "Stream dialogues utterance by utterance through a causal run, or measure the "
-            "streaming latency. The recognizer keeps, per layer, the outputs of the last "
-            "wp + 1 utterances, so a push costs the same at any point of a long dialogue; "
-            "with model.wp = -1 (whole past) the cost grows with the dialogue."
+            "Stream dialogues utterance by utterance through a causal run (--run, --input),\n"
+            "or measure the streaming latency (--bench). The recognizer keeps, per layer,\n"
+            "the outputs of the last wp + 1 utterances and runs each layer on that window\n"
+            "only, so a push costs the same at any point of a long dialogue. With\n"
+            "model.wp = -1 (the whole past) the windows, and the cost, grow with the\n"
+            "dialogue. Offline runs are refused: their predictions need later utterances."
         ),
         epilog=(
             "Examples:\n"
@@ -601,10 +603,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="time pushes: median and p99 ms per utterance at --positions (without --run: "
         "an untrained causal CORECT of the default config, dims t 384 / a 100 / v 512)",
     )
-    parser.add_argument("--positions", default="10,50,100,200", help="dialogue positions")
-    parser.add_argument("--dialogues", type=int, default=10, help="bench: dialogues streamed")
     parser.add_argument(
-        "--span", type=int, default=10, help="bench: pushes timed from each position on"
+        "--positions",
+        default="10,50,100,200",
+        help="bench: dialogue positions to report, 0-based (default %(default)s)",
+    )
+    parser.add_argument(
+        "--dialogues", type=int, default=10, help="bench: dialogues streamed (default %(default)s)"
+    )
+    parser.add_argument(
+        "--span",
+        type=int,
+        default=10,
+        help="bench: pushes timed from each position on (default %(default)s)",
     )
     parser.add_argument(
         "--recompute",
@@ -621,8 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="bench without --run: config overrides, e.g. model.wp=-1 data.modalities=t",
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default %(default)s)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (default %(default)s)")
     parser.add_argument("--text-model", default=None, help="local text model directory")
     return parser
 
