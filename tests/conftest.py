@@ -10,6 +10,10 @@ from corect.data.format import SplitData, party_indices
 
 TINY_DIMS = {"t": 8, "a": 6, "v": 5}
 
+# Tests use tiny tensors: one thread avoids thread-pool synchronisation costs, which
+# dominate at this size and explode when the machine is busy.
+torch.set_num_threads(1)
+
 
 def make_split(
     lengths: list[int],
