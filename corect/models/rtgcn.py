@@ -39,6 +39,10 @@ class RTGCN(nn.Module):
     def forward(
         self, x: torch.Tensor, edge_index: torch.Tensor, edge_type: torch.Tensor
     ) -> torch.Tensor:
-        """x: [num_nodes, hidden] -> [num_nodes, heads * hidden]."""
-        h = self.relational(x, edge_index, edge_type)
-        return self.activation(self.norm(self.transformer(h, edge_index)))
+        """x: [num_nodes, hidden] -> [num_nodes, heads * hidden].
+
+        Runs in float32 even under CUDA mixed precision: PyG's scatter aggregations and
+        the per-edge softmax are not safe in half precision."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            h = self.relational(x.float(), edge_index, edge_type)
+            return self.activation(self.norm(self.transformer(h, edge_index)))
