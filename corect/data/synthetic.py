@@ -50,7 +50,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,42 +132,57 @@ def _dialogue_labels(rng: np.random.Generator, length: int) -> tuple[np.ndarray,
     return speakers, labels
 
 
-def generate(config: SyntheticConfig) -> dict[str, list[DialogueRecord]]:
-    """Generate the splits (deterministic in `config.seed`)."""
-    rng = np.random.default_rng(config.seed)
+@dataclass
+class _SimulatedDialogue:
+    split: str
+    index: int
+    turns: np.ndarray  # party index per utterance
+    cast: np.ndarray  # speaker-pool index per party
+    labels: np.ndarray
+    latents: dict[str, np.ndarray]  # modality -> [T, latent] (noisy evidence)
+    features: dict[str, np.ndarray]  # modality -> [T, dim]
+
+
+def _simulate(config: SyntheticConfig) -> Iterator[tuple[_Prototypes, _SimulatedDialogue]]:
+    """The one random stream behind both the dataset and its reference accuracies."""
     unknown = set(config.dims) - {"t", "a", "v"}
     if unknown:
         raise ValueError(f"data.synthetic.dims: unknown modalities {sorted(unknown)}")
+    rng = np.random.default_rng(config.seed)
     prototypes = _Prototypes(rng, config.dims)
-    names = [f"speaker{k:02d}" for k in range(SPEAKER_POOL)]
-    splits = {}
     sizes = {
         "train": config.train_dialogues,
         "dev": config.dev_dialogues,
         "test": config.test_dialogues,
     }
     for split, count in sizes.items():
-        records = []
         for d in range(count):
             length = int(rng.integers(config.min_length, config.max_length + 1))
             turns, labels = _dialogue_labels(rng, length)
             cast = rng.choice(SPEAKER_POOL, size=turns.max() + 1, replace=False)
             previous = np.concatenate([[-1], labels[:-1]])
             means = prototypes.means(labels, previous)
-            features = {}
+            latents, features = {}, {}
             for m, dim in config.dims.items():
-                latent = means[m] + config.noise * rng.standard_normal(means[m].shape)
-                x = latent @ prototypes.projection[m] + 0.1 * rng.standard_normal((length, dim))
-                features[m] = x.astype(np.float32)
-            records.append(
-                DialogueRecord(
-                    id=f"{split}_{d:04d}",
-                    speakers=[names[cast[t]] for t in turns],
-                    labels=labels.tolist(),
-                    features=features,
-                )
+                latents[m] = means[m] + config.noise * rng.standard_normal(means[m].shape)
+                noise = 0.1 * rng.standard_normal((length, dim))
+                features[m] = (latents[m] @ prototypes.projection[m] + noise).astype(np.float32)
+            yield prototypes, _SimulatedDialogue(split, d, turns, cast, labels, latents, features)
+
+
+def generate(config: SyntheticConfig) -> dict[str, list[DialogueRecord]]:
+    """Generate the splits (deterministic in `config.seed`)."""
+    names = [f"speaker{k:02d}" for k in range(SPEAKER_POOL)]
+    splits: dict[str, list[DialogueRecord]] = {"train": [], "dev": [], "test": []}
+    for _, dialogue in _simulate(config):
+        splits[dialogue.split].append(
+            DialogueRecord(
+                id=f"{dialogue.split}_{dialogue.index:04d}",
+                speakers=[names[dialogue.cast[t]] for t in dialogue.turns],
+                labels=dialogue.labels.tolist(),
+                features=dialogue.features,
             )
-        splits[split] = records
+        )
     return splits
 
 
@@ -175,19 +191,24 @@ def synthetic_key(config: SyntheticConfig) -> str:
     return hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
+def write_synthetic_dataset(config: SyntheticConfig, path: str | Path) -> Path:
+    """Generate and write the dataset (corect format) to `path`."""
+    return write_dataset(
+        path,
+        name="synthetic",
+        task="emotion",
+        labels=LABELS,
+        dims=config.dims,
+        splits=generate(config),
+        extra={"synthetic": asdict(config)},
+    )
+
+
 def ensure_synthetic_dataset(config: SyntheticConfig, cache_dir: str | Path) -> Path:
     """Path of the synthetic dataset for `config`, generated on first use."""
     path = Path(cache_dir) / f"synthetic-{synthetic_key(config)}"
     if not (path / "manifest.json").is_file():
-        write_dataset(
-            path,
-            name="synthetic",
-            task="emotion",
-            labels=LABELS,
-            dims=config.dims,
-            splits=generate(config),
-            extra={"synthetic": asdict(config)},
-        )
+        write_synthetic_dataset(config, path)
     return path
 
 
@@ -199,77 +220,55 @@ def reference_accuracies(config: SyntheticConfig, split: str = "test") -> dict[s
     the earlier (resp. all other) utterances and, offline, the next utterance's reaction
     cue: upper bounds for causal and offline models.
     """
-    rng = np.random.default_rng(config.seed)
-    prototypes = _Prototypes(rng, config.dims)
     classes = np.arange(len(LABELS))
     correct = {"context_free": 0, "causal_oracle": 0, "offline_oracle": 0}
     total = 0
-    order = ["train", "dev", "test"]
-    sizes = {
-        "train": config.train_dialogues,
-        "dev": config.dev_dialogues,
-        "test": config.test_dialogues,
-    }
-    for name in order:  # replay the generator's random stream exactly
-        for _ in range(sizes[name]):
-            length = int(rng.integers(config.min_length, config.max_length + 1))
-            turns, labels = _dialogue_labels(rng, length)
-            rng.choice(SPEAKER_POOL, size=turns.max() + 1, replace=False)
-            previous = np.concatenate([[-1], labels[:-1]])
-            means = prototypes.means(labels, previous)
-            latents = {}
-            for m, dim in config.dims.items():
-                latents[m] = means[m] + config.noise * rng.standard_normal(means[m].shape)
-                rng.standard_normal((length, dim))
-            if name != split:
-                continue
-            own = np.concatenate(
-                [
-                    latents.get("t", np.zeros((length, LATENT))),
-                    latents.get("a", np.zeros((length, LATENT))),
-                    latents["v"][:, :LATENT] if "v" in latents else np.zeros((length, LATENT)),
-                ],
-                axis=1,
-            )
-            cand = prototypes.means(classes, -np.ones(len(LABELS), dtype=np.int64))
-            cand_own = np.concatenate(
-                [cand[m] if m in latents else np.zeros((6, LATENT)) for m in "ta"]
-                + [cand["v"][:, :LATENT] if "v" in latents else np.zeros((6, LATENT))],
-                axis=1,
-            )
-            loglik = -((own[:, None, :] - cand_own[None]) ** 2).sum(-1) / (2 * config.noise**2)
-            if "v" in latents:
-                react = latents["v"][1:, LATENT:]
-                react_ll = -((react[:, None, :] - prototypes.reaction[None]) ** 2).sum(-1) / (
-                    2 * config.noise**2
-                )
-                future_ll = np.vstack([react_ll, np.zeros((1, len(LABELS)))])
-            else:
-                future_ll = np.zeros((length, len(LABELS)))
-            correct["context_free"] += int((np.argmax(loglik + np.log(PRIOR), 1) == labels).sum())
-            own_prev = -np.ones(length, dtype=np.int64)
-            next_own = -np.ones(length, dtype=np.int64)
-            last: dict[int, int] = {}
-            for i, s in enumerate(turns):
-                if s in last:
-                    own_prev[i] = labels[last[s]]
-                    next_own[last[s]] = i
-                last[s] = i
-            for i in range(length):
-                prior = np.log(transition(own_prev[i], labels[i - 1] if i else -1))
-                causal = prior + loglik[i]
-                offline = causal + future_ll[i]
-                for c in classes:  # factors where utterance i is a parent
-                    if i + 1 < length:
-                        k = i + 1
-                        own = c if next_own[i] == k else own_prev[k]
-                        offline[c] += np.log(transition(own, c)[labels[k]])
-                    if next_own[i] > i + 1:
-                        k = next_own[i]
-                        offline[c] += np.log(transition(c, labels[k - 1])[labels[k]])
-                correct["causal_oracle"] += int(np.argmax(causal) == labels[i])
-                correct["offline_oracle"] += int(np.argmax(offline) == labels[i])
-            total += length
+    for prototypes, dialogue in _simulate(config):
+        if dialogue.split != split:
+            continue
+        latents, labels, turns = dialogue.latents, dialogue.labels, dialogue.turns
+        length = len(labels)
+        # Log-likelihood of each class from the utterance's own cues.
+        cand = prototypes.means(classes, -np.ones(len(LABELS), dtype=np.int64))
+        loglik = np.zeros((length, len(LABELS)))
+        for m, own, centre in (
+            ("t", lambda x: x, cand["t"]),
+            ("a", lambda x: x, cand["a"]),
+            ("v", lambda x: x[:, :LATENT], cand["v"][:, :LATENT]),
+        ):
+            if m in latents:
+                diff = own(latents[m])[:, None, :] - centre[None]
+                loglik -= (diff**2).sum(-1) / (2 * config.noise**2)
+        # The next utterance's reaction cue shows this utterance's emotion.
+        future_ll = np.zeros((length, len(LABELS)))
+        if "v" in latents:
+            react = latents["v"][1:, LATENT:]
+            diff = react[:, None, :] - prototypes.reaction[None]
+            future_ll[:-1] = -(diff**2).sum(-1) / (2 * config.noise**2)
+        correct["context_free"] += int((np.argmax(loglik + np.log(PRIOR), 1) == labels).sum())
+        own_prev = -np.ones(length, dtype=np.int64)
+        next_own = -np.ones(length, dtype=np.int64)
+        last: dict[int, int] = {}
+        for i, s in enumerate(turns):
+            if s in last:
+                own_prev[i] = labels[last[s]]
+                next_own[last[s]] = i
+            last[s] = i
+        for i in range(length):
+            prior = np.log(transition(own_prev[i], labels[i - 1] if i else -1))
+            causal = prior + loglik[i]
+            offline = causal + future_ll[i]
+            for c in classes:  # factors in which utterance i is a parent
+                if i + 1 < length:
+                    k = i + 1
+                    own = c if next_own[i] == k else own_prev[k]
+                    offline[c] += np.log(transition(own, c)[labels[k]])
+                if next_own[i] > i + 1:
+                    k = next_own[i]
+                    offline[c] += np.log(transition(c, labels[k - 1])[labels[k]])
+            correct["causal_oracle"] += int(np.argmax(causal) == labels[i])
+            correct["offline_oracle"] += int(np.argmax(offline) == labels[i])
+        total += length
     return {k: v / max(total, 1) for k, v in correct.items()}
 
 
@@ -284,15 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     args = parser.parse_args(argv)
     config = SyntheticConfig(seed=args.seed)
-    write_dataset(
-        args.out,
-        name="synthetic",
-        task="emotion",
-        labels=LABELS,
-        dims=config.dims,
-        splits=generate(config),
-        extra={"synthetic": asdict(config)},
-    )
+    write_synthetic_dataset(config, args.out)
     print(f"wrote {args.out}")
     for key, value in reference_accuracies(config).items():
         print(f"{key:>15}: {100 * value:.1f}% accuracy (test)")
