@@ -40,6 +40,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from corect.config import MODEL_NAMES, Config, ConfigError, load_config
+from corect.runtime import keep_freed_memory
 
 log = logging.getLogger("corect.benchmark")
 
@@ -410,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     if args.list_models:
         for name, overrides in VARIANTS.items():
             print(f"{name:22s} {' '.join(overrides)}")

@@ -44,6 +44,7 @@ from corect.config import Config, ConfigError, load_config
 from corect.data.format import Dataset, DatasetError, SplitData
 from corect.evaluate import load_run
 from corect.metrics import POSITION_BUCKETS, classification_metrics, weighted_f1_by_position
+from corect.runtime import keep_freed_memory
 from corect.train import load_data, predict, select_device, train
 
 log = logging.getLogger("corect.compare_modes")
@@ -431,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         if args.seed_list is not None:
             seeds = [int(s) for s in parse_list(args.seed_list)]

@@ -26,7 +26,15 @@ from torch import nn
 from corect.config import load_config
 from corect.data.batching import iterate_batches
 from corect.graph import build_graph
-from corect.train import load_data, model_for, predict, select_device, write_json_atomic
+from corect.runtime import keep_freed_memory
+from corect.train import (
+    build_optimizer,
+    load_data,
+    model_for,
+    predict,
+    select_device,
+    write_json_atomic,
+)
 
 
 def time_graph(
@@ -50,7 +58,7 @@ def measure(modalities: str, epochs: int, device_name: str, overrides: list[str]
     dataset = load_data(config)
     train_split = dataset.splits["train"]
     model = model_for(config, dataset).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    optimizer = build_optimizer(config, model)
     batch_size = config.train.batch_size
     batches = list(iterate_batches(train_split, batch_size))
     graph_mean, graph_max = time_graph(
@@ -115,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", default="runs/speed", help="directory for the JSON result")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     results = [

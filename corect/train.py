@@ -38,6 +38,7 @@ from corect.data.format import Dataset, DatasetError, SplitData, load_dataset
 from corect.data.synthetic import ensure_synthetic_dataset
 from corect.metrics import classification_metrics
 from corect.models import build_model
+from corect.runtime import keep_freed_memory
 
 log = logging.getLogger("corect")
 CHECKPOINT = "checkpoint.pt"
@@ -153,6 +154,16 @@ def class_weights(split: SplitData, num_classes: int) -> torch.Tensor:
     return weights / weights.mean()
 
 
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam or AdamW as ``config.train`` says, with the fused (one kernel for all
+    parameters) implementation: same update, several times faster on CPU."""
+    cfg = config.train
+    optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    params = list(model.parameters())
+    fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
+    return optimizer_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
 def save_checkpoint(
     path: Path, model: nn.Module, config: Config, dataset: Dataset, epoch: int
 ) -> None:
@@ -223,8 +234,7 @@ def train(config: Config) -> Path:
     )
 
     cfg = config.train
-    optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_class(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(config, model)
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience
@@ -419,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"train.device={args.device}")
