@@ -25,10 +25,8 @@ import argparse
 import json
 import logging
 import math
-import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +37,8 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from corect.config import MODEL_NAMES, Config, ConfigError, load_config
+from corect.config import MODEL_NAMES, Config, ConfigError, add_overrides_argument, load_config
+from corect.io import write_atomic
 from corect.runtime import keep_freed_memory
 
 log = logging.getLogger("corect.benchmark")
@@ -219,19 +218,6 @@ def fmt_mean_std(stats: dict[str, float]) -> str:
     return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file in the same directory, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run_config(
     config_path: str | None, overrides: Sequence[str], model: str, seed: int, runs_dir: Path
 ) -> Config:
@@ -384,14 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=1, help="train with seeds 1..N (default: 1)")
     seeds.add_argument("--seed-list", default=None, help="comma-separated seeds, e.g. 1,7,42")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides for every run, e.g. train.epochs=20 data.modalities=t",
+    add_overrides_argument(
+        parser, "config overrides for every run, e.g. train.epochs=20 data.modalities=t"
     )
     parser.add_argument(
         "--out",

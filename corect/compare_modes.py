@@ -39,10 +39,11 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from corect.benchmark import fmt_mean_std, mean_std, parse_list, setup_logging, write_atomic
-from corect.config import Config, ConfigError, load_config
+from corect.benchmark import fmt_mean_std, mean_std, parse_list, setup_logging
+from corect.config import Config, ConfigError, add_overrides_argument, load_config
 from corect.data.format import Dataset, DatasetError, SplitData
 from corect.evaluate import load_run
+from corect.io import write_atomic
 from corect.metrics import POSITION_BUCKETS, classification_metrics, weighted_f1_by_position
 from corect.runtime import keep_freed_memory
 from corect.train import load_data, predict, select_device, train
@@ -399,14 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=3, help="train with seeds 1..N (default %(default)s)"
     )
     seeds.add_argument("--seed-list", default=None, help="comma-separated seeds, e.g. 1,7,42")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides for both modes, e.g. train.epochs=10 data.modalities=ta",
+    add_overrides_argument(
+        parser, "config overrides for both modes, e.g. train.epochs=10 data.modalities=ta"
     )
     parser.add_argument(
         "--runs",

@@ -8,6 +8,7 @@ key, and passed down whole: no module reads command-line flags of its own.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +284,19 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
                 raise ConfigError(f"--set {item!r}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(raw)
     return values
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The ``--set KEY=VALUE ...`` option of every command (repeatable; YAML values)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=help_text,
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -18,12 +18,12 @@ from torch import nn
 
 from corect.config import Config, ConfigError, config_from_dict
 from corect.data.format import Dataset, DatasetError
+from corect.io import write_json_atomic
 from corect.train import (
     CHECKPOINT,
     evaluate_split,
     load_data,
     select_device,
-    write_json_atomic,
 )
 
 

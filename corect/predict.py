@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from corect.benchmark import write_atomic
 from corect.config import Config, ConfigError
 from corect.data.format import DatasetError, DialogueRecord, SplitData, party_indices
 from corect.evaluate import load_run
+from corect.io import write_atomic
 from corect.metrics import classification_metrics
 from corect.train import predict, select_device
 

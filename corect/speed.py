@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from corect.config import load_config
+from corect.config import add_overrides_argument, load_config
 from corect.data.batching import iterate_batches
 from corect.graph import build_graph
+from corect.io import write_json_atomic
 from corect.runtime import keep_freed_memory
 from corect.train import (
     build_optimizer,
@@ -33,7 +34,6 @@ from corect.train import (
     model_for,
     predict,
     select_device,
-    write_json_atomic,
 )
 
 
@@ -113,14 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        dest="overrides",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. model.gnn_heads=4",
-    )
+    add_overrides_argument(parser, "config overrides, e.g. model.gnn_heads=4")
     parser.add_argument("--out", default="runs/speed", help="directory for the JSON result")
     args = parser.parse_args(argv)
     keep_freed_memory()

@@ -45,11 +45,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from corect.config import Config, ConfigError, load_config
+from corect.config import Config, ConfigError, add_overrides_argument, load_config
 from corect.data.batching import collate
 from corect.data.format import DatasetError, DialogueRecord
 from corect.evaluate import load_run
 from corect.graph import build_graph
+from corect.io import write_atomic, write_json_atomic
 from corect.models import build_model
 from corect.models.attention import AttentionStack, attention_mask, sinusoidal_positions
 from corect.models.corect import CORECT
@@ -623,14 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="bench: timings of the batch model on the whole history, for reference (0 = off)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="bench without --run: config overrides, e.g. model.wp=-1 data.modalities=t",
+    add_overrides_argument(
+        parser, "bench without --run: config overrides, e.g. model.wp=-1 data.modalities=t"
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default %(default)s)"
@@ -655,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not recognizer.bounded:
                 print("note: unbounded past (wp = -1) or recompute fallback: cost grows")
             if args.output:
-                Path(args.output).write_text(json.dumps(rows, indent=1) + "\n")
+                write_json_atomic(args.output, rows)
             return 0
         if not (args.run and args.input):
             raise ConfigError("give --run and --input, or --bench")
@@ -673,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.output:
         lines = [json.dumps(d, ensure_ascii=False) for d in results]
-        Path(args.output).write_text("\n".join(lines) + "\n")
+        write_atomic(args.output, "\n".join(lines) + "\n")
         print(f"{sum(len(d['utterances']) for d in results)} utterances -> {args.output}")
     else:
         for d in results:

@@ -17,7 +17,6 @@ The last line printed on stdout is the run directory.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -32,10 +31,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from corect.config import Config, ConfigError, load_config, save_config
+from corect.config import Config, ConfigError, add_overrides_argument, load_config, save_config
 from corect.data.batching import drop_modalities, iterate_batches, num_batches
 from corect.data.format import Dataset, DatasetError, SplitData, load_dataset
 from corect.data.synthetic import ensure_synthetic_dataset
+from corect.io import write_json_atomic
 from corect.metrics import classification_metrics
 from corect.models import build_model
 from corect.runtime import keep_freed_memory
@@ -103,12 +103,6 @@ def run_directory(config: Config, dataset: Dataset) -> Path:
         path, k = group / f"{name}-{k}", k + 1
     path.mkdir(parents=True)
     return path
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
@@ -414,13 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--config", help="YAML config (see configs/); default: built-in")
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override config values (YAML syntax), e.g. train.seed=3 model.name=early",
+    add_overrides_argument(
+        parser, "override config values (YAML syntax), e.g. train.seed=3 model.name=early"
     )
     parser.add_argument("--device", help="shortcut for --set train.device=... (auto|cpu|cuda)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
