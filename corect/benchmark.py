@@ -15,7 +15,9 @@ the model's overrides, then writes under the output directory (default
 - ``benchmark.log``.
 
 Both result files are rewritten (atomically) after every run, so an interrupted
-benchmark leaves the finished runs tabulated (``"complete": false``). A failing run
+benchmark leaves the finished runs tabulated (``"complete": false``); run the same
+command again with the same ``--out`` and the finished runs (same resolved config) are
+reused, not retrained. A failing run
 stops the benchmark with an error naming the model and seed.
 """
 
@@ -287,13 +289,56 @@ def run_benchmark(
             progress = tqdm(plan, desc="benchmark", unit="run", dynamic_ncols=True)
             for model, seed, config in progress:
                 progress.set_postfix_str(f"{model} seed {seed}")
-                bench.results.append(run_one(model, seed, config, train_fn, out))
+                finished = finished_run(runs_dir, config)
+                if finished is not None:
+                    log.info("run %s seed %d: reusing the finished %s", model, seed, finished)
+                    bench.results.append(read_run(model, seed, finished, out))
+                else:
+                    bench.results.append(run_one(model, seed, config, train_fn, out))
                 bench.write(complete=False)
         bench.write(complete=True)
     finally:
         package_log.removeHandler(handler)
         handler.close()
     return bench
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config without the keys that do not change what is trained."""
+    train = {k: v for k, v in config["train"].items() if k not in ("runs_dir", "progress")}
+    return {**config, "train": train}
+
+
+def finished_run(runs_dir: Path, config: Config) -> Path | None:
+    """A run under `runs_dir` that finished (metrics.json written) with exactly `config`
+    (its place and progress bars aside), or None. Lets an interrupted benchmark, run
+    again with the same --out, keep the runs it already has."""
+    wanted = _comparable(config.to_dict())
+    name = config.train.run_name
+    for metrics in sorted(runs_dir.glob(f"**/{name}*/metrics.json")):
+        run_dir = metrics.parent
+        if run_dir.name != name and not run_dir.name.removeprefix(f"{name}-").isdigit():
+            continue
+        try:
+            saved = load_config(run_dir / "config.yaml").to_dict()
+        except ConfigError:
+            continue
+        if _comparable(saved) == wanted:
+            return run_dir
+    return None
+
+
+def read_run(model: str, seed: int, run_dir: Path, out: Path) -> RunResult:
+    """The RunResult of a finished run directory (its metrics.json)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    missing = [k for k, _ in METRICS if k not in metrics.get("test", {})]
+    if missing:
+        raise KeyError(f"{run_dir / 'metrics.json'}: test metrics {missing} missing")
+    try:
+        shown = str(run_dir.resolve().relative_to(out.resolve()))
+    except ValueError:
+        shown = str(run_dir)
+    return RunResult(model, seed, shown, metrics)
 
 
 def run_one(
@@ -303,27 +348,19 @@ def run_one(
     log.info("run %s seed %d: %s", model, seed, " ".join(model_overrides(model)))
     start = time.perf_counter()
     try:
-        run_dir = Path(train_fn(config))
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        missing = [k for k, _ in METRICS if k not in metrics.get("test", {})]
-        if missing:
-            raise KeyError(f"{run_dir / 'metrics.json'}: test metrics {missing} missing")
+        result = read_run(model, seed, Path(train_fn(config)), out)
     except Exception as err:
         log.error("model %s seed %d failed: %s", model, seed, err)
         raise RuntimeError(f"benchmark: model {model!r} (seed {seed}) failed: {err}") from err
-    try:
-        shown = str(run_dir.resolve().relative_to(out.resolve()))
-    except ValueError:
-        shown = str(run_dir)
     log.info(
         "done %s seed %d in %.0fs: test wF1 %.2f%%, acc %.2f%%",
         model,
         seed,
         time.perf_counter() - start,
-        100 * metrics["test"]["weighted_f1"],
-        100 * metrics["test"]["accuracy"],
+        100 * result.test("weighted_f1"),
+        100 * result.test("accuracy"),
     )
-    return RunResult(model, seed, shown, metrics)
+    return result
 
 
 def setup_logging() -> logging.Logger:

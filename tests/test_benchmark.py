@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from corect.benchmark import DEFAULT_MODELS, VARIANTS, main, mean_std, run_benchmark
-from corect.config import Config, ConfigError
+from corect.config import Config, ConfigError, save_config
 
 
 def fake_train(config: Config) -> Path:
     """Stands in for corect.train.train: writes a metrics.json that depends on the run."""
-    run_dir = Path(config.train.runs_dir) / config.train.run_name
+    run_dir, k = Path(config.train.runs_dir) / config.train.run_name, 1
+    while run_dir.exists():  # as corect.train does: never overwrite a run
+        run_dir, k = run_dir.with_name(f"{config.train.run_name}-{k}"), k + 1
     run_dir.mkdir(parents=True)
     score = 0.5 + 0.01 * config.train.seed + (0.1 if config.model.name == "corect" else 0.0)
     metrics = {
@@ -26,6 +27,7 @@ def fake_train(config: Config) -> Path:
         "config": config.to_dict(),
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    save_config(config, run_dir / "config.yaml")
     return run_dir
 
 
@@ -86,6 +88,27 @@ def test_failure_names_the_model_and_keeps_finished_runs(tmp_path: Path) -> None
     assert len(data["models"]["early"]["runs"]) == 1 and not data["models"]["late"]["runs"]
 
 
+def test_rerun_with_the_same_out_reuses_finished_runs(tmp_path: Path) -> None:
+    first = run_benchmark(None, ["early", "late"], [1, 2], [], tmp_path, train_fn=fake_train)
+
+    def must_not_train(config: Config) -> Path:
+        raise AssertionError(f"retrained {config.train.run_name}")
+
+    again = run_benchmark(None, ["early", "late"], [1, 2], [], tmp_path, train_fn=must_not_train)
+    assert again.table() == first.table()
+    assert json.loads((tmp_path / "results.json").read_text())["complete"] is True
+
+    trained: list[str] = []
+
+    def counting_train(config: Config) -> Path:
+        trained.append(config.train.run_name)
+        return fake_train(config)
+
+    # Another config is another run: nothing is reused, the new runs sit beside the old.
+    run_benchmark(None, ["early"], [1, 2], ["train.lr=0.001"], tmp_path, train_fn=counting_train)
+    assert trained == ["early-seed1", "early-seed2"]
+
+
 def test_bad_names_fail_before_any_run(tmp_path: Path) -> None:
     def train(config: Config) -> Path:
         raise AssertionError("must not run")
@@ -108,9 +131,6 @@ def test_mean_std() -> None:
     assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2**0.5)}
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("corect.train") is None, reason="corect.train not written yet"
-)
 def test_end_to_end_tiny_synthetic(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     code = main(
