@@ -9,6 +9,20 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def set_default_permissions(path: str | Path) -> None:
+    """Give a file or directory made by :mod:`tempfile` (private, 0600/0700) the mode
+    that a plain ``open``/``mkdir`` would have given it, so results can be shared."""
+    path = Path(path)
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~_umask())
+
+
 def write_atomic(path: str | Path, text: str) -> None:
     """Write `text` to a temporary file in the same directory, then rename it over `path`."""
     path = Path(path)
@@ -17,6 +31,7 @@ def write_atomic(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        set_default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

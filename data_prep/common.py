@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from corect.data.format import SPLITS, DatasetError, DialogueRecord, load_dataset, write_dataset
+from corect.io import set_default_permissions
 
 if TYPE_CHECKING:
     from data_prep.text_features import TextEncoder
@@ -307,6 +308,7 @@ class VectorCache:
                 {"keys": torch.from_numpy(key_array.copy()), "vectors": torch.from_numpy(vectors)},
                 tmp,
             )
+            set_default_permissions(tmp)
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

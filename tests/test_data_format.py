@@ -140,3 +140,21 @@ def test_empty_dialogue_rejected_on_write(tmp_path):
             dims={"t": 4},
             splits={"train": [rec]},
         )
+
+
+def test_written_files_are_not_private(tmp_path):
+    """tempfile makes 0600/0700 entries; what we write gets the usual umask-based modes."""
+    import os
+
+    from corect.io import write_atomic
+
+    mask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "r" / "results.md", "x")
+        assert (tmp_path / "r" / "results.md").stat().st_mode & 0o777 == 0o644
+        write_small(tmp_path / "ds", np.random.default_rng(0))
+        assert (tmp_path / "ds").stat().st_mode & 0o777 == 0o755
+        for path in (tmp_path / "ds").iterdir():
+            assert path.stat().st_mode & 0o777 == 0o644, path
+    finally:
+        os.umask(mask)

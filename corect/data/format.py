@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from corect.io import set_default_permissions
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "dev", "test")
 
@@ -246,6 +248,8 @@ def write_dataset(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
         # Validate what we wrote before it replaces anything.
         load_dataset(tmp)
+        for path in (tmp, *tmp.iterdir()):
+            set_default_permissions(path)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             directory.rename(old)
