@@ -243,10 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def input_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean bad input (config, run, dialogues, text model): reported in one
+    line, without a traceback, by the commands that read dialogues."""
     from data_prep.common import ConversionError
     from data_prep.text_features import TextModelError
 
+    return (
+        ConfigError,
+        DatasetError,
+        ConversionError,
+        TextModelError,
+        PredictError,
+        FileNotFoundError,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = predict_file(
@@ -256,14 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             text_model=args.text_model,
             batch_size=args.batch_size,
         )
-    except (
-        ConfigError,
-        DatasetError,
-        ConversionError,
-        TextModelError,
-        PredictError,
-        FileNotFoundError,
-    ) as err:
+    except input_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.output:

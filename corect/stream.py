@@ -47,7 +47,7 @@ from torch import nn
 
 from corect.config import Config, ConfigError, add_overrides_argument, load_config
 from corect.data.batching import collate
-from corect.data.format import DatasetError, DialogueRecord
+from corect.data.format import DialogueRecord
 from corect.evaluate import load_run
 from corect.graph import build_graph
 from corect.io import write_atomic, write_json_atomic
@@ -56,7 +56,7 @@ from corect.models.attention import AttentionStack, attention_mask, sinusoidal_p
 from corect.models.corect import CORECT
 from corect.models.encoders import LSTMEncoder, MLPEncoder, TransformerEncoder, UtteranceEncoder
 from corect.models.fusion import DialogueContext, FusionModel
-from corect.predict import PredictError, split_from_records, text_encoder_for_run
+from corect.predict import PredictError, input_errors, split_from_records, text_encoder_for_run
 
 if TYPE_CHECKING:
     from data_prep.text_features import TextEncoder
@@ -636,9 +636,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from data_prep.common import ConversionError
-    from data_prep.text_features import TextModelError
-
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -656,14 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("give --run and --input, or --bench")
         recognizer = StreamingRecognizer.from_run(args.run, args.device, args.text_model)
         results = stream_file(recognizer, args.input)
-    except (
-        ConfigError,
-        DatasetError,
-        ConversionError,
-        TextModelError,
-        PredictError,
-        FileNotFoundError,
-    ) as err:
+    except input_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.output:
