@@ -220,23 +220,33 @@ def fmt_mean_std(stats: dict[str, float]) -> str:
     return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
 
 
+def training_config(
+    config_path: str | None,
+    overrides: Sequence[str],
+    extra: Sequence[str],
+    seed: int,
+    run_name: str,
+    runs_dir: Path | None = None,
+) -> Config:
+    """The validated config of one run of a multi-run command: base file, user overrides,
+    the run's own overrides, seed, run name and (optionally) place. Progress bars are off
+    unless the user set ``train.progress``."""
+    quiet = (
+        [] if any(o.startswith("train.progress=") for o in overrides) else ["train.progress=false"]
+    )
+    place = [f"train.runs_dir={runs_dir}"] if runs_dir is not None else []
+    return load_config(
+        config_path,
+        [*quiet, *overrides, *extra, f"train.seed={seed}", *place, f"train.run_name={run_name}"],
+    )
+
+
 def run_config(
     config_path: str | None, overrides: Sequence[str], model: str, seed: int, runs_dir: Path
 ) -> Config:
-    """The validated config of one run: base file, user overrides, model, seed, place."""
-    inner_progress = (
-        [] if any(o.startswith("train.progress=") for o in overrides) else ["train.progress=false"]
-    )
-    return load_config(
-        config_path,
-        [
-            *inner_progress,
-            *overrides,
-            *model_overrides(model),
-            f"train.seed={seed}",
-            f"train.runs_dir={runs_dir}",
-            f"train.run_name={model}-seed{seed}",
-        ],
+    """The config of benchmark model `model` with `seed`, run under `runs_dir`."""
+    return training_config(
+        config_path, overrides, model_overrides(model), seed, f"{model}-seed{seed}", runs_dir
     )
 
 

@@ -39,8 +39,8 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from corect.benchmark import fmt_mean_std, mean_std, parse_list, setup_logging
-from corect.config import Config, ConfigError, add_overrides_argument, load_config
+from corect.benchmark import fmt_mean_std, mean_std, parse_list, setup_logging, training_config
+from corect.config import Config, ConfigError, add_overrides_argument
 from corect.data.format import Dataset, DatasetError, SplitData
 from corect.evaluate import load_run
 from corect.io import write_atomic
@@ -226,19 +226,8 @@ def mode_config(
     config_path: str | None, overrides: Sequence[str], mode: str, seed: int, run_name: str
 ) -> Config:
     """The validated config of one run: the base config, then mode, seed and run name."""
-    quiet = (
-        [] if any(o.startswith("train.progress=") for o in overrides) else ["train.progress=false"]
-    )
-    return load_config(
-        config_path,
-        [
-            *quiet,
-            *overrides,
-            f"model.causal={'true' if mode == 'causal' else 'false'}",
-            f"train.seed={seed}",
-            f"train.run_name={run_name}-seed{seed}",
-        ],
-    )
+    causal = f"model.causal={'true' if mode == 'causal' else 'false'}"
+    return training_config(config_path, overrides, [causal], seed, f"{run_name}-seed{seed}")
 
 
 def describe(config: Config, dataset: Dataset, seeds: Sequence[int], split: str) -> str:

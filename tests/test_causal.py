@@ -24,15 +24,6 @@ NUM_SPEAKERS = 5
 LENGTH, CUT, EXTRA = 10, 4, 6  # dialogue under test: 10 utterances, past = 0..4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest, and steadiest on a busy machine, on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name: str, modalities: str, *, causal: bool, **model) -> torch.nn.Module:
     values = {
         "name": name,

@@ -6,19 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from corect.compare_modes import compare, main
 from tests.conftest import TINY_DIMS
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_yaml(tmp_path: Path) -> Path:

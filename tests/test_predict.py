@@ -19,14 +19,6 @@ from tests.conftest import TINY_DIMS
 NAMES = {"t": "text", "a": "audio", "v": "visual"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_run(root: Path, causal: bool, modalities: str = "tav") -> Path:
     config = config_from_dict(
         {

@@ -22,14 +22,6 @@ LABELS = ["x", "y", "z"]
 SPEAKERS = ["Ann", "Bob", "Ann", "Cy", "Bob", "Ann", "Cy", "Bob", "Di", "Ann", "Di", "Bob"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def recognizer(name: str, modalities: str, *, trained: bool = True, **model):
     values = {
         "name": name,
