@@ -17,8 +17,8 @@ the model's overrides, then writes under the output directory (default
 Both result files are rewritten (atomically) after every run, so an interrupted
 benchmark leaves the finished runs tabulated (``"complete": false``); run the same
 command again with the same ``--out`` and the finished runs (same resolved config) are
-reused, not retrained. A failing run
-stops the benchmark with an error naming the model and seed.
+reused, not retrained. A failing run stops the benchmark with an error naming the model
+and seed.
 """
 
 from __future__ import annotations
