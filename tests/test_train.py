@@ -88,3 +88,24 @@ def test_cli_prints_run_directory_last(tmp_path, capsys):
 def test_config_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_optimizer_is_the_fused_kernel_with_the_configured_settings(name, cls):
+    from corect.train import build_optimizer
+
+    config = load_config(None, [f"train.optimizer={name}", "train.lr=0.001"])
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer(config, model)
+    assert type(optimizer) is cls and optimizer.defaults["fused"] is True
+    assert optimizer.defaults["lr"] == 0.001
+    assert optimizer.defaults["weight_decay"] == config.train.weight_decay
+    # The fused update is Adam's: one step matches the reference implementation.
+    reference = torch.nn.Linear(3, 2)
+    reference.load_state_dict(model.state_dict())
+    slow = cls(reference.parameters(), lr=0.001, weight_decay=config.train.weight_decay)
+    x = torch.randn(4, 3)
+    for net, opt in ((model, optimizer), (reference, slow)):
+        net(x).square().sum().backward()
+        opt.step()
+    torch.testing.assert_close(model.weight, reference.weight)
