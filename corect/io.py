@@ -10,6 +10,14 @@ from typing import Any
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (setting and
+    restoring it would briefly affect files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
