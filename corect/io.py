@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +33,29 @@ def set_default_permissions(path: str | Path) -> None:
     os.chmod(path, base & ~_umask())
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to a temporary file in the same directory, then rename it over `path`."""
+@contextmanager
+def atomic_target(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write to; on success it gets the usual
+    file mode and is renamed over `path`, on failure it is removed. So `path` is always
+    either the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield tmp
         set_default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically (see :func:`atomic_target`)."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 import sys
 import time
@@ -35,7 +34,7 @@ from corect.config import Config, ConfigError, add_overrides_argument, load_conf
 from corect.data.batching import drop_modalities, iterate_batches, num_batches
 from corect.data.format import Dataset, DatasetError, SplitData, load_dataset
 from corect.data.synthetic import ensure_synthetic_dataset
-from corect.io import write_json_atomic
+from corect.io import atomic_target, write_json_atomic
 from corect.metrics import classification_metrics
 from corect.models import build_model
 from corect.runtime import keep_freed_memory
@@ -163,21 +162,18 @@ def save_checkpoint(
 ) -> None:
     """State dict + config + label names; plain types only, so it loads with
     ``torch.load(path, weights_only=True)``. Written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(
-        {
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "config": config.to_dict(),
-            "labels": list(dataset.labels),
-            "dims": dict(dataset.dims),
-            "num_speakers": config.model.num_speakers or dataset.max_parties,
-            "dataset": dataset.name,
-            "task": dataset.task,
-            "epoch": epoch,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    checkpoint = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config.to_dict(),
+        "labels": list(dataset.labels),
+        "dims": dict(dataset.dims),
+        "num_speakers": config.model.num_speakers or dataset.max_parties,
+        "dataset": dataset.name,
+        "task": dataset.task,
+        "epoch": epoch,
+    }
+    with atomic_target(path) as tmp:
+        torch.save(checkpoint, tmp)
 
 
 def log_confusion(

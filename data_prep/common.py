@@ -6,10 +6,8 @@ print, an on-disk vector cache, and the reader of the public 9-tuple feature rel
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from corect.data.format import SPLITS, DatasetError, DialogueRecord, load_dataset, write_dataset
-from corect.io import set_default_permissions
+from corect.io import atomic_target
 
 if TYPE_CHECKING:
     from data_prep.text_features import TextEncoder
@@ -300,19 +298,11 @@ class VectorCache:
         keys = sorted(self.vectors)
         key_array = np.frombuffer(bytes.fromhex("".join(keys)), dtype=np.uint8).reshape(-1, 32)
         vectors = np.stack([self.vectors[k] for k in keys]).astype(np.float32)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        os.close(handle)
-        try:
+        with atomic_target(self.path) as tmp:
             save_file(
                 {"keys": torch.from_numpy(key_array.copy()), "vectors": torch.from_numpy(vectors)},
-                tmp,
+                str(tmp),
             )
-            set_default_permissions(tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         self._dirty = False
 
 

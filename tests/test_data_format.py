@@ -158,3 +158,16 @@ def test_written_files_are_not_private(tmp_path):
             assert path.stat().st_mode & 0o777 == 0o644, path
     finally:
         os.umask(mask)
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    from corect.io import atomic_target, write_atomic
+
+    target = tmp_path / "checkpoint.pt"
+    write_atomic(target, "old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_target(target) as tmp:
+            tmp.write_text("half of the new")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
