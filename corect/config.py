@@ -69,6 +69,10 @@ class ModelConfig:
 
     name: str = "corect"
     hidden_size: int = 100
+    # Standardise each input dimension with train-split statistics (saved with the
+    # checkpoint) and clip to +-input_clip: any feature scale works. See docs/data.md.
+    input_norm: bool = True
+    input_clip: float = 5.0
     # Unimodal encoder per modality: mlp | transformer | lstm.
     encoders: dict[str, str] = field(
         default_factory=lambda: {"t": "transformer", "a": "mlp", "v": "mlp"}
@@ -160,6 +164,8 @@ class Config:
             raise ConfigError(f"model.edge_types={m.edge_types!r}: one of {', '.join(EDGE_TYPES)}")
         if m.gate_bias_modality not in MODALITIES:
             raise ConfigError(f"model.gate_bias_modality={m.gate_bias_modality!r}: t, a or v")
+        if not m.input_clip > 0:
+            raise ConfigError(f"model.input_clip={m.input_clip}: must be positive")
         for key in ("wp", "wf"):
             if getattr(m, key) < -1:
                 raise ConfigError(f"model.{key}={getattr(m, key)}: use -1 (unbounded) or >= 0")

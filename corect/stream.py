@@ -170,13 +170,12 @@ class EncoderStep(StepModule):
     ) -> dict[str, torch.Tensor]:
         hidden = {}
         for m, enc in self.encoder.encoders.items():
-            x = features[m]
+            x = self.encoder.normalizers[m](features[m])
             if isinstance(enc, MLPEncoder):
                 hidden[m] = enc.net(x)
             elif isinstance(enc, TransformerEncoder):
                 pos = torch.tensor([[position]], device=x.device)
-                h = enc.project(x) + sinusoidal_positions(pos, enc.hidden)[0, 0]
-                hidden[m] = self.attention[m](enc.dropout(h))
+                hidden[m] = self.attention[m](enc.embed(x, pos)[0, 0])
             else:
                 out, self.state[m] = enc.lstm(x.view(1, 1, -1), self.state.get(m))
                 hidden[m] = enc.project(enc.dropout(out[0, 0]))

@@ -82,8 +82,10 @@ def load_data(config: Config) -> Dataset:
 
 
 def model_for(config: Config, dataset: Dataset) -> nn.Module:
+    """The configured model for `dataset`, its inputs standardised with train statistics."""
     num_speakers = config.model.num_speakers or dataset.max_parties
-    return build_model(config.model, dataset.dims, dataset.num_classes, num_speakers)
+    statistics = dataset.splits["train"].feature_statistics()
+    return build_model(config.model, dataset.dims, dataset.num_classes, num_speakers, statistics)
 
 
 def run_directory(config: Config, dataset: Dataset) -> Path:

@@ -38,6 +38,16 @@ def make_split(
     )
 
 
+def off_scale_statistics(dims: dict[str, int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Input statistics far from (0, 1), so that tests exercise the input standardisation
+    of every model (offsets of a few units, scales from 0.1 to 10)."""
+    g = torch.Generator().manual_seed(11)
+    return {
+        m: (3 * torch.randn(d, generator=g), 10 ** (2 * torch.rand(d, generator=g) - 1))
+        for m, d in dims.items()
+    }
+
+
 def tiny_config(tmp_path, **sections) -> Config:
     """A config that trains in about a second on a tiny synthetic dataset."""
     values = {

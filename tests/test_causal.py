@@ -17,7 +17,7 @@ from corect.data.batching import collate
 from corect.data.format import SplitData, party_indices
 from corect.models import build_model
 from corect.models.fusion import FUSION_NAMES
-from tests.conftest import TINY_DIMS, make_split
+from tests.conftest import TINY_DIMS, make_split, off_scale_statistics
 
 NUM_CLASSES = 3
 NUM_SPEAKERS = 5
@@ -41,7 +41,7 @@ def build(name: str, modalities: str, *, causal: bool, **model) -> torch.nn.Modu
     config = config_from_dict({"data": {"modalities": modalities}, "model": values})
     torch.manual_seed(0)
     dims = {m: TINY_DIMS[m] for m in modalities}
-    return build_model(config.model, dims, NUM_CLASSES, NUM_SPEAKERS)
+    return build_model(config.model, dims, NUM_CLASSES, NUM_SPEAKERS, off_scale_statistics(dims))
 
 
 def train_briefly(model: torch.nn.Module, modalities: str, steps: int = 4) -> None:

@@ -13,7 +13,7 @@ from corect.models import build_model
 from corect.models.fusion import FUSION_NAMES
 from corect.predict import PredictError, split_from_records
 from corect.stream import StreamingRecognizer, main
-from tests.conftest import TINY_DIMS
+from tests.conftest import TINY_DIMS, off_scale_statistics
 from tests.test_causal import train_briefly
 from tests.test_predict import tiny_run
 
@@ -38,7 +38,7 @@ def recognizer(name: str, modalities: str, *, trained: bool = True, **model):
     config = config_from_dict({"data": {"modalities": modalities}, "model": values})
     dims = {m: TINY_DIMS[m] for m in modalities}
     torch.manual_seed(0)
-    net = build_model(config.model, dims, len(LABELS), 5)
+    net = build_model(config.model, dims, len(LABELS), 5, off_scale_statistics(dims))
     if trained:
         train_briefly(net, modalities)
     return StreamingRecognizer(net.eval(), config, LABELS, dims)

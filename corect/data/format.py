@@ -81,6 +81,15 @@ class SplitData:
     def lengths(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 
+    def feature_statistics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-modality, per-dimension (mean, std) over the split's utterances (float64
+        accumulation, so features of any scale give exact statistics)."""
+        stats = {}
+        for m, x in self.features.items():
+            x64 = x.double()
+            stats[m] = (x64.mean(0).float(), x64.std(0, correction=0).float())
+        return stats
+
     def select_modalities(self, modalities: str) -> SplitData:
         return SplitData(
             self.dialogue_ids,

@@ -27,7 +27,19 @@ space, plus Gaussian noise of scale ``noise``:
   for utterance i appears at utterance i + 1 (the future matters a little).
 
 Latents are mapped to the modality's dimension by a fixed random linear map, with a
-little isotropic noise on top.
+little isotropic noise on top, and then given the look of real extractors' outputs
+(:class:`_FeatureStyle`), so that the default data shows the scale problems real data
+has:
+
+- text like sentence embeddings: a large direction shared by all utterances (mean cosine
+  similarity between two utterances about 0.3), then L2-normalised, so every dimension
+  has a standard deviation near 0.05;
+- audio like openSMILE functionals: each dimension with its own scale (log-uniform from
+  1e-3 to 1e4) and a positive offset, and one dimension in ten near-constant (no signal);
+- video like CNN pooling outputs: non-negative (a ReLU of a shifted copy).
+
+The styles are drawn from their own random stream, so the latent story (and the
+reference accuracies below, computed from the latents) does not depend on them.
 
 Consequences, measured by :func:`reference_accuracies` on the default test split
 (seed 0, noise 1.6, Bayes decisions with the generating parameters known):
@@ -114,6 +126,34 @@ class _Prototypes:
         }
 
 
+class _FeatureStyle:
+    """Fixed per-dataset transforms that give each modality the look of a real extractor."""
+
+    TEXT_SHARED = 0.55  # norm of the shared direction, relative to a typical utterance's
+    AUDIO_CONSTANT = 0.1  # share of near-constant audio dimensions
+    VIDEO_SCALE, VIDEO_SHIFT = 0.5, 0.6
+
+    def __init__(self, seed: int, dims: dict[str, int]) -> None:
+        rng = np.random.default_rng([seed, 0x5717E])  # independent of the latent stream
+        self.text_shared = rng.standard_normal(dims.get("t", 0))
+        a = dims.get("a", 0)
+        self.audio_scale = 10.0 ** rng.uniform(-3, 4, a)
+        self.audio_offset = self.audio_scale * rng.uniform(1, 5, a)
+        self.audio_constant = rng.random(a) < self.AUDIO_CONSTANT
+
+    def apply(self, m: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Style the raw Gaussian features `x` ``[T, dim]`` of modality `m`."""
+        if m == "t":
+            typical = np.sqrt(x.shape[1]) * x.std()
+            direction = self.text_shared / np.linalg.norm(self.text_shared)
+            x = x + self.TEXT_SHARED * typical * direction
+            return x / np.linalg.norm(x, axis=1, keepdims=True)
+        if m == "a":
+            x = np.where(self.audio_constant, 1e-6 * rng.standard_normal(x.shape), x)
+            return self.audio_offset + self.audio_scale * x
+        return np.maximum(0.0, self.VIDEO_SCALE * x + self.VIDEO_SHIFT)
+
+
 def _dialogue_labels(rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
     """Speaker turns (party index) and emotions of one dialogue."""
     parties = rng.choice(PARTY_COUNTS, p=PARTY_PROBS)
@@ -150,6 +190,8 @@ def _simulate(config: SyntheticConfig) -> Iterator[tuple[_Prototypes, _Simulated
         raise ValueError(f"data.synthetic.dims: unknown modalities {sorted(unknown)}")
     rng = np.random.default_rng(config.seed)
     prototypes = _Prototypes(rng, config.dims)
+    style = _FeatureStyle(config.seed, config.dims)
+    style_rng = np.random.default_rng([config.seed, 1])
     sizes = {
         "train": config.train_dialogues,
         "dev": config.dev_dialogues,
@@ -166,7 +208,8 @@ def _simulate(config: SyntheticConfig) -> Iterator[tuple[_Prototypes, _Simulated
             for m, dim in config.dims.items():
                 latents[m] = means[m] + config.noise * rng.standard_normal(means[m].shape)
                 noise = 0.1 * rng.standard_normal((length, dim))
-                features[m] = (latents[m] @ prototypes.projection[m] + noise).astype(np.float32)
+                raw = latents[m] @ prototypes.projection[m] + noise
+                features[m] = style.apply(m, raw, style_rng).astype(np.float32)
             yield prototypes, _SimulatedDialogue(split, d, turns, cast, labels, latents, features)
 
 

@@ -6,6 +6,7 @@ Every model takes a :class:`corect.data.batching.Batch` and returns logits
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from corect.config import ModelConfig
@@ -13,14 +14,26 @@ from corect.models.corect import CORECT
 
 
 def build_model(
-    config: ModelConfig, dims: dict[str, int], num_classes: int, num_speakers: int
+    config: ModelConfig,
+    dims: dict[str, int],
+    num_classes: int,
+    num_speakers: int,
+    input_statistics: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> nn.Module:
-    """Instantiate the model named by ``config.name`` for inputs of the given dims."""
-    if config.name == "corect":
-        return CORECT(config, dims, num_classes, num_speakers)
-    from corect.models.fusion import build_fusion_model
+    """Instantiate the model named by ``config.name`` for inputs of the given dims.
 
-    return build_fusion_model(config, dims, num_classes, num_speakers)
+    `input_statistics` (modality -> per-dimension mean and std of the training split)
+    sets the input standardisation; a model loaded from a checkpoint gets them from its
+    state dict instead."""
+    if config.name == "corect":
+        model = CORECT(config, dims, num_classes, num_speakers)
+    else:
+        from corect.models.fusion import build_fusion_model
+
+        model = build_fusion_model(config, dims, num_classes, num_speakers)
+    if input_statistics is not None:
+        model.encoder.set_input_statistics(input_statistics)
+    return model
 
 
 __all__ = ["CORECT", "build_model"]

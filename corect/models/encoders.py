@@ -1,7 +1,19 @@
-"""Parts every model shares: unimodal encoders, the speaker embedding, the classifier head.
+"""Parts every model shares: input normalisation, unimodal encoders, the speaker
+embedding, the classifier head.
 
 CORECT and all fusion baselines encode a batch with :class:`UtteranceEncoder` and
 classify with :class:`ClassifierHead`; they differ only in what happens in between.
+
+Why inputs are standardised inside the model (docs/data.md, "Feature scale"): real
+features come at any scale. Sentence embeddings are L2-normalised (each dimension has a
+standard deviation near 0.05), openSMILE functionals span 1e-3 to 1e4 within one vector,
+CNN pooling outputs are non-negative with a large offset. Added to them, a speaker
+embedding or a positional encoding of unit size drowns the content, and at the published
+learning rate the input projection takes thousands of steps to grow out of it. So every
+modality is standardised per dimension with statistics of the training split
+(:class:`InputNormalizer`), held as buffers that travel with the checkpoint, and the
+speaker and position signals start small (:data:`SPEAKER_INIT_STD`,
+:data:`POSITION_INIT_SCALE`) and grow only as training finds them useful.
 """
 
 from __future__ import annotations
@@ -13,6 +25,49 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from corect.config import ModelConfig
 from corect.data.batching import Batch
 from corect.models.attention import AttentionStack, sinusoidal_positions
+
+SPEAKER_INIT_STD = 0.1  # speaker embedding at init: a tenth of a standardised input's size
+POSITION_INIT_SCALE = 0.1  # learned gain of the sinusoidal positions, at init
+
+
+class InputNormalizer(nn.Module):
+    r"""Per-dimension standardisation with statistics of the training split.
+
+    .. math::
+        \hat x = \mathrm{clip}\big((x - \mu) / \max(\sigma, \epsilon),\ -c,\ c\big)
+
+    :math:`\mu, \sigma` are buffers set once by :meth:`set_statistics` (from the train
+    split) and saved in the state dict, so evaluation, prediction and streaming apply
+    exactly what training used. Until then the layer is the identity. The clip `c` bounds
+    heavy tails and near-constant dimensions. An all-zero row (batch padding, a blanked
+    modality) stays zero: zero means "no input".
+    """
+
+    def __init__(self, dim: int, clip: float = 5.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.clip = clip
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Use these per-dimension statistics (``[dim]`` each) from now on."""
+        if mean.shape != self.mean.shape or std.shape != self.std.shape:
+            raise ValueError(
+                f"input statistics of shape {tuple(mean.shape)}, expected {tuple(self.mean.shape)}"
+            )
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp(min=self.eps))
+        self.fitted.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: ``[..., dim]`` raw features -> standardised features of the same shape."""
+        if not bool(self.fitted):
+            return x
+        present = (x != 0).any(dim=-1, keepdim=True)
+        z = ((x.float() - self.mean) / self.std).clamp(-self.clip, self.clip)
+        return (z * present).to(x.dtype)
 
 
 class MLPEncoder(nn.Module):
@@ -34,8 +89,9 @@ class MLPEncoder(nn.Module):
 
 class TransformerEncoder(nn.Module):
     r"""Transformer over the dialogue's utterances:
-    :math:`h = \mathrm{Transformer}(W x + \mathrm{PE}(\text{position}))`, with a padding
-    mask and, in causal mode, a mask to the past window."""
+    :math:`h = \mathrm{Transformer}(W x + \alpha\,\mathrm{PE}(\text{position}))`, with a
+    learned gain :math:`\alpha` (0.1 at init), a padding mask and, in causal mode, a mask
+    to the past window."""
 
     def __init__(
         self,
@@ -52,14 +108,19 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.project = nn.Linear(in_dim, hidden)
+        self.position_scale = nn.Parameter(torch.tensor(POSITION_INIT_SCALE))
         self.dropout = nn.Dropout(dropout)
         self.stack = AttentionStack(
             hidden, layers, heads, attention_dropout, causal=causal, window=window
         )
 
+    def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The stack's input: projected content plus scaled positions (then dropout)."""
+        h = self.project(x) + self.position_scale * sinusoidal_positions(positions, self.hidden)
+        return self.dropout(h)
+
     def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
-        h = self.project(x) + sinusoidal_positions(batch.positions, self.hidden)
-        return self.stack(self.dropout(h), batch.mask)
+        return self.stack(self.embed(x, batch.positions), batch.mask)
 
 
 class LSTMEncoder(nn.Module):
@@ -105,7 +166,8 @@ def build_encoder(kind: str, in_dim: int, config: ModelConfig) -> nn.Module:
 
 
 class UtteranceEncoder(nn.Module):
-    """Encodes each modality to ``[B, T, H]`` and adds a learned speaker embedding.
+    """Standardises and encodes each modality to ``[B, T, H]``, and adds a learned speaker
+    embedding.
 
     Speakers are per-dialogue party indices (0 = whoever speaks first), so one table of
     `num_speakers` rows serves dialogues with any cast, two-party or multi-party.
@@ -115,16 +177,37 @@ class UtteranceEncoder(nn.Module):
         super().__init__()
         self.modalities = "".join(dims)
         self.num_speakers = num_speakers
+        self.normalizers = nn.ModuleDict(
+            {
+                m: InputNormalizer(d, clip=config.input_clip)
+                if config.input_norm
+                else nn.Identity()
+                for m, d in dims.items()
+            }
+        )
         self.encoders = nn.ModuleDict(
             {m: build_encoder(config.encoders[m], d, config) for m, d in dims.items()}
         )
-        self.speaker_embedding = (
-            nn.Embedding(num_speakers, config.hidden_size) if config.use_speaker else None
-        )
+        self.speaker_embedding = None
+        if config.use_speaker:
+            self.speaker_embedding = nn.Embedding(num_speakers, config.hidden_size)
+            nn.init.normal_(self.speaker_embedding.weight, std=SPEAKER_INIT_STD)
+
+    def set_input_statistics(
+        self, statistics: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        """Per-modality (mean, std) of the training split's features (no-op without
+        input normalisation)."""
+        for m, normalizer in self.normalizers.items():
+            if isinstance(normalizer, InputNormalizer):
+                normalizer.set_statistics(*statistics[m])
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Returns modality -> ``[B, T, H]`` (padding rows are arbitrary, use batch.mask)."""
-        hidden = {m: enc(batch.features[m], batch) for m, enc in self.encoders.items()}
+        hidden = {
+            m: enc(self.normalizers[m](batch.features[m]), batch)
+            for m, enc in self.encoders.items()
+        }
         if self.speaker_embedding is not None:
             if int(batch.speakers.max()) >= self.num_speakers:
                 raise ValueError(
