@@ -568,16 +568,30 @@ def build_parser():
         "runs/text_models/<name>_<task>_<mode>[_ctx<K>]_seed<S>)",
     )
     parser.add_argument("--mode", choices=MODES, default=defaults.mode, help="what trains")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, metavar="N")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N")
     parser.add_argument(
-        "--eval-batch-size", type=int, default=defaults.eval_batch_size, metavar="N"
+        "--epochs", type=int, default=defaults.epochs, metavar="N", help="passes over train"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        metavar="N",
+        help="utterances per step",
+    )
+    parser.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=defaults.eval_batch_size,
+        metavar="N",
+        help="utterances per batch when scoring dev",
     )
     parser.add_argument("--lr", type=float, default=defaults.lr, help="encoder learning rate")
     parser.add_argument(
         "--head-lr", type=float, default=defaults.head_lr, help="classifier head learning rate"
     )
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument(
+        "--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay"
+    )
     parser.add_argument(
         "--warmup",
         type=float,
@@ -605,7 +619,9 @@ def build_parser():
         default=defaults.class_weights,
         help="loss weights for rare classes: balanced = n/(C*count), sqrt = its square root",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of initialisation and batch order"
+    )
     parser.add_argument(
         "--max-steps",
         type=int,
@@ -617,9 +633,15 @@ def build_parser():
         "--device", default=None, help="torch device (default: cuda when available, else cpu)"
     )
     lora = parser.add_argument_group("LoRA (--mode lora)")
-    lora.add_argument("--lora-r", type=int, default=defaults.lora_r, metavar="R")
-    lora.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha)
-    lora.add_argument("--lora-dropout", type=float, default=defaults.lora_dropout)
+    lora.add_argument(
+        "--lora-r", type=int, default=defaults.lora_r, metavar="R", help="adapter rank"
+    )
+    lora.add_argument(
+        "--lora-alpha", type=int, default=defaults.lora_alpha, metavar="A", help="adapter scale"
+    )
+    lora.add_argument(
+        "--lora-dropout", type=float, default=defaults.lora_dropout, metavar="P", help="dropout"
+    )
     lora.add_argument(
         "--lora-targets",
         default=None,

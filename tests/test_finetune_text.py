@@ -307,3 +307,27 @@ def test_help_explains_the_modes(capsys):
     text = capsys.readouterr().out
     for word in ("full", "lora", "frozen", "--context", "test split is never read"):
         assert word in text
+
+
+def test_stream_builds_the_same_context_inputs(context_model):
+    from corect.config import config_from_dict
+    from corect.models import build_model
+    from corect.stream import StreamingRecognizer
+
+    encoder = TextEncoder(context_model.out, cache_dir=None, progress=False)
+    config = config_from_dict(
+        {
+            "data": {"modalities": "t"},
+            "model": {"name": "corect", "hidden_size": 16, "gnn_heads": 2, "causal": True, "wp": 3},
+        }
+    )
+    dims = {"t": encoder.dim}
+    rec = StreamingRecognizer(build_model(config.model, dims, 3, 4).eval(), config, LABELS, dims)
+    rec._text_encoder = encoder  # the run's encoder, as text_encoder_for_run would give
+    texts = ["great fun", "sad no", "okay", "happy yes", "awful"]
+    speakers = ["Ann", "Bob", "Ann", "Cy", "Bob"]
+    expected = encoder.encode_dialogues([texts], [speakers])[0]
+    for k, (speaker, text) in enumerate(zip(speakers, texts, strict=True)):
+        x = rec.inputs(None, text, speaker)["t"].numpy()
+        np.testing.assert_allclose(x, expected[k], atol=1e-6)
+        rec.push(speaker, text=text)
