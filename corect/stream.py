@@ -383,21 +383,33 @@ class StreamingRecognizer:
             self.step = RecomputeStep(self.model)
         self.parties: dict[str, int] = {}
         self.position = 0
+        self.turns: list[tuple[str, str | None]] = []  # (speaker, text): past context
 
     def cache_sizes(self) -> list[int]:
         """The length of every cache (each at most wp + 1 when wp >= 0)."""
         return [len(w) for w in self.step.windows()]
 
-    def text_features(self, text: str) -> torch.Tensor:
-        """Text features with data_prep's text encoder (the run's model, checked)."""
+    def text_features(self, text: str, speaker: str = "") -> torch.Tensor:
+        """Text features with data_prep's text encoder (the run's model, checked). A model
+        fine-tuned with past context gets the same inputs: this dialogue's last turns."""
         if self._text_encoder is None:
             self._text_encoder = text_encoder_for_run(
                 self.config, self.dims["t"], self.text_model, cache=False
             )
-        return torch.from_numpy(self._text_encoder.encode([text])[0])
+        encoder = self._text_encoder
+        if encoder.context:
+            turns = [*self.turns[max(0, len(self.turns) - encoder.context) :], (speaker, text)]
+            if any(t is None for _, t in turns):
+                raise PredictError(
+                    f"utterance {self.position}: the text model uses the {encoder.context} "
+                    "previous utterances as context, so they must be given as text too"
+                )
+            inputs = encoder.dialogue_inputs([[t or "" for _, t in turns]], [[s for s, _ in turns]])
+            text = inputs[0][-1]
+        return torch.from_numpy(encoder.encode([text])[0])
 
     def inputs(
-        self, features: Mapping[str, Any] | None, text: str | None
+        self, features: Mapping[str, Any] | None, text: str | None, speaker: str = ""
     ) -> dict[str, torch.Tensor]:
         """Features by modality letter, checked against the model's dims."""
         given: dict[str, torch.Tensor] = {}
@@ -407,7 +419,7 @@ class StreamingRecognizer:
                 raise PredictError(f"features: unknown modality {key!r}; use t/a/v or names")
             given[m] = torch.as_tensor(np.asarray(value, dtype=np.float32)).flatten()
         if "t" in self.dims and "t" not in given and text is not None:
-            given["t"] = self.text_features(text)
+            given["t"] = self.text_features(text, speaker)
         for m, dim in self.dims.items():
             if m not in given:
                 hint = " (or pass text=...)" if m == "t" else ""
@@ -425,7 +437,7 @@ class StreamingRecognizer:
     ) -> Prediction:
         """Classify the next utterance of the dialogue from its speaker and features
         (modality -> vector; text may come as `text` when the run allows it)."""
-        x = self.inputs(features, text)
+        x = self.inputs(features, text, str(speaker))
         party = self.parties.setdefault(str(speaker), len(self.parties))
         logits = self.step(x, party, self.position).float().cpu()
         probabilities = logits.softmax(-1)
@@ -436,6 +448,7 @@ class StreamingRecognizer:
             logits.tolist(),
         )
         self.position += 1
+        self.turns.append((str(speaker), text))
         return prediction
 
 

@@ -576,7 +576,11 @@ def convert_release(
                 )
         all_records = [r for records in splits.values() for r in records]
         for record, vectors in zip(
-            all_records, encoder.encode_dialogues([r.texts or [] for r in all_records]), strict=True
+            all_records,
+            encoder.encode_dialogues(
+                [r.texts or [] for r in all_records], [r.speakers for r in all_records]
+            ),
+            strict=True,
         ):
             record.features["t"] = vectors
         extra["text_features"] = encoder.description

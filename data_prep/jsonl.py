@@ -285,7 +285,9 @@ def dialogue_records(
                     )
         if text_encoder is None:
             raise ValueError("dialogue_records: modality t needs a text_encoder")
-        vectors = text_encoder.encode_dialogues([[t or "" for t in d.texts] for d in dialogues])
+        vectors = text_encoder.encode_dialogues(
+            [[t or "" for t in d.texts] for d in dialogues], [d.speakers for d in dialogues]
+        )
         for record, array in zip(records, vectors, strict=True):
             record.features["t"] = array
     return records

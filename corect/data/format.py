@@ -21,9 +21,6 @@ never leaves a half-written dataset or destroys a previous one.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from corect.io import set_default_permissions
+from corect.io import atomic_directory
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "dev", "test")
@@ -248,8 +245,7 @@ def write_dataset(
         "splits": manifest_splits,
         **(dict(extra) if extra else {}),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         for split, tensors in tensors_by_split.items():
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{split}.safetensors")
         for split, texts in texts_by_split.items():
@@ -257,18 +253,6 @@ def write_dataset(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False))
         # Validate what we wrote before it replaces anything.
         load_dataset(tmp)
-        for path in (tmp, *tmp.iterdir()):
-            set_default_permissions(path)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -280,8 +264,15 @@ def _dialogue_at(ids: list[str], offsets: torch.Tensor, row: int) -> str:
     return f"dialogue {ids[d]!r}, utterance {row - int(offsets[d])}" if ids else f"row {row}"
 
 
-def load_dataset(directory: str | Path, modalities: str | None = None) -> Dataset:
-    """Load and validate a dataset directory; optionally keep only `modalities`."""
+def load_dataset(
+    directory: str | Path,
+    modalities: str | None = None,
+    splits: Sequence[str] | None = None,
+) -> Dataset:
+    """Load and validate a dataset directory; optionally keep only `modalities`.
+
+    `splits`: read only these splits (the others' files are not opened); a split the
+    manifest does not list fails. None reads every split."""
     directory = Path(directory)
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file():
@@ -299,7 +290,16 @@ def load_dataset(directory: str | Path, modalities: str | None = None) -> Datase
     dataset = Dataset(
         manifest["name"], manifest["task"], labels, dims, speaker_names, path=directory
     )
+    if splits is not None:
+        unknown = [s for s in splits if s not in manifest["splits"]]
+        if unknown:
+            raise DatasetError(
+                f"{manifest_path}: split {unknown[0]!r} is not listed (field 'splits' has "
+                f"{', '.join(manifest['splits'])})"
+            )
     for split, info in manifest["splits"].items():
+        if splits is not None and split not in splits:
+            continue
         file = directory / f"{split}.safetensors"
         if not file.is_file():
             raise DatasetError(f"{file}: missing, but manifest lists split {split!r}")
