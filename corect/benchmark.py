@@ -64,6 +64,19 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         f"context-{fusion}": ("model.name=context", f"model.fusion={fusion}")
         for fusion in FUSION_BASELINES
     },
+    # Plain references on the same (standardised) features: what a reader compares
+    # against to see what context and the graph add. No speaker embedding, MLP encoders.
+    "ref-mlp": (  # a 2-layer MLP per utterance, then the classifier head
+        "model.name=early",
+        "model.use_speaker=false",
+        "model.encoders={t: mlp, a: mlp, v: mlp}",
+    ),
+    "ref-gru": (  # the same MLP, then a GRU over the dialogue (forward-only when causal)
+        "model.name=context",
+        "model.fusion=early",
+        "model.use_speaker=false",
+        "model.encoders={t: mlp, a: mlp, v: mlp}",
+    ),
 }
 
 DEFAULT_MODELS = (
@@ -74,6 +87,8 @@ DEFAULT_MODELS = (
     "corect-context-free",
     *FUSION_BASELINES,
     "context",
+    "ref-mlp",
+    "ref-gru",
 )
 
 METRICS = (("accuracy", "Acc"), ("weighted_f1", "wF1"), ("macro_f1", "macro-F1"))
