@@ -9,6 +9,7 @@ and write everything into a run directory::
         config.yaml      the resolved config
         checkpoint.pt    best state dict + config + label names (torch.load weights_only)
         metrics.json     dev and test metrics, best epoch, time per epoch
+        confusion-dev.png, confusion-test.png   labelled confusion matrices (corect.plots)
         events.*         TensorBoard (tensorboard --logdir runs)
 
 The last line printed on stdout is the run directory.
