@@ -221,7 +221,8 @@ class Benchmark:
         if not scores:
             return
         datasets = sorted({str(r.metrics.get("dataset", "?")) for r in self.results})
-        title = f"Benchmark {self.name} ({', '.join(datasets)}), test split"
+        data = "" if datasets == [self.name] else f" ({', '.join(datasets)})"
+        title = f"Benchmark {self.name}{data}, test split"
         with plots.never_fatal("the benchmark figure"):
             plots.save_figure(plots.benchmark_figure(scores, title), self.out_dir / "results.png")
 

@@ -189,6 +189,7 @@ def benchmark_panel(
         )
     if np.isfinite(best):
         ax.axvline(best, color="0.6", ls=":", lw=1)
+    ax.margins(x=0.1)  # room for the labels of the means
     ax.set_xlabel(f"test {name} (%)")
     ax.grid(axis="x", alpha=0.3)
 
@@ -242,7 +243,8 @@ def modes_figure(
 ) -> Figure:
     """Offline vs causal. Left: weighted F1 by position in the dialogue per mode, mean
     line with a ± sample-std band over seeds and every seed a dot (`position_f1`: mode ->
-    one row per seed, one value per bucket, in %, NaN for an empty bucket). Right: the
+    one row per seed, one value per bucket, in %, NaN for an empty bucket; the band is
+    kept within 0-100). Right: the
     per-class F1 difference causal - offline (`class_difference`: mean and std over the
     paired seeds, in points)."""
     figure = new_figure(11.0, 2.0 + max(2.8, 0.35 * len(labels)))
@@ -253,9 +255,8 @@ def modes_figure(
         stats = np.array([spread(seeds[:, b]) for b in range(len(buckets))])
         color = MODE_COLORS.get(mode, "tab:green")
         left.plot(x, stats[:, 0], "o-", color=color, label=f"{mode} ({len(seeds)} seeds)")
-        left.fill_between(
-            x, *(stats[:, 0] + d * stats[:, 1] for d in (-1, 1)), color=color, alpha=0.2, lw=0
-        )
+        low, high = (np.clip(stats[:, 0] + d * stats[:, 1], 0, 100) for d in (-1, 1))
+        left.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
         for row in seeds:
             left.plot(x, row, ".", color=color, ms=3, alpha=0.6)
     left.set_xticks(x, [f"{b}\n(n={c})" for b, c in zip(buckets, counts, strict=True)])
