@@ -181,7 +181,7 @@ def benchmark_panel(
         ax.plot(values, [y] * len(values), ".", color="0.3", ms=3, alpha=0.6)
         ax.annotate(
             f"{mean:.1f}",
-            (mean + std, y),
+            (max(mean + std, *values), y),  # right of the bar and of every seed
             xytext=(4, 0),
             textcoords="offset points",
             va="center",
