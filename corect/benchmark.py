@@ -4,17 +4,21 @@ Example (CORECT against every fusion baseline, 3 seeds, on the embedded syntheti
 
     python -m corect.benchmark --models corect,early,late,gated --seeds 3
 
-For every model and seed this calls :func:`corect.train.train` with the base config plus
-the model's overrides, then writes under the output directory (default
+For every model and seed (and with ``--modes offline,causal`` in both modes, the causal
+runs named ``<model>-causal-seed<k>``) this calls :func:`corect.train.train` with the
+base config plus the model's overrides, then writes under the output directory (default
 ``<train.runs_dir>/benchmarks/<name>-<date-time>/``):
 
 - ``results.md``: a Markdown table, test accuracy / weighted F1 / macro F1 as mean ± std
   over seeds (in %), dev weighted F1, parameter count, seconds per epoch, run directories;
 - ``results.json``: the same, plus every run's test metrics and the exact overrides;
+- ``results.png``: test weighted and macro F1 per model, mean ± std over seeds, every
+  seed a dot, offline and causal side by side when both are among the runs, the plain
+  references (:data:`REFERENCES`) marked (:func:`corect.plots.benchmark_figure`);
 - ``runs/<model>-seed<k>/``: the training runs themselves;
 - ``benchmark.log``.
 
-Both result files are rewritten (atomically) after every run, so an interrupted
+The result files are rewritten (atomically) after every run, so an interrupted
 benchmark leaves the finished runs tabulated (``"complete": false``); run the same
 command again with the same ``--out`` and the finished runs (same resolved config) are
 reused, not retrained. A failing run stops the benchmark with an error naming the model
@@ -24,6 +28,7 @@ and seed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -39,6 +44,7 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from corect import plots
 from corect.config import MODEL_NAMES, Config, ConfigError, add_overrides_argument, load_config
 from corect.io import write_atomic
 from corect.runtime import keep_freed_memory
@@ -92,6 +98,16 @@ DEFAULT_MODELS = (
 )
 
 METRICS = (("accuracy", "Acc"), ("weighted_f1", "wF1"), ("macro_f1", "macro-F1"))
+MODES = ("offline", "causal")
+
+# Plain references, marked in results.png: CORECT without its context parts, and the
+# recurrent context model over any fusion.
+REFERENCES = ("corect-context-free", "context")
+
+
+def is_reference(model: str) -> bool:
+    """Whether benchmark model `model` is a plain reference (:data:`REFERENCES`)."""
+    return model in REFERENCES or model.startswith("context-")
 
 
 def model_overrides(name: str) -> tuple[str, ...]:
@@ -113,11 +129,17 @@ class RunResult:
     def test(self, key: str) -> float:
         return float(self.metrics["test"][key])
 
+    @property
+    def mode(self) -> str:
+        """``causal`` or ``offline``, as the run was trained."""
+        return "causal" if self.metrics.get("causal") else "offline"
+
     def to_dict(self) -> dict[str, Any]:
         test = self.metrics.get("test", {})
         dev = self.metrics.get("dev", {})
         return {
             "seed": self.seed,
+            "mode": self.mode,
             "run_dir": self.run_dir,
             "test": {k: test[k] for k in ("accuracy", "weighted_f1", "macro_f1") if k in test}
             | {"per_class_f1": test.get("per_class_f1", {})},
@@ -140,13 +162,20 @@ class Benchmark:
     seeds: list[int]
     command: str = ""
     results: list[RunResult] = field(default_factory=list)
+    modes: list[str] = field(default_factory=list)  # empty: the mode the config says
 
     @property
     def total_runs(self) -> int:
-        return len(self.models) * len(self.seeds)
+        return len(self.models) * len(self.seeds) * max(len(self.modes), 1)
 
-    def summary(self, model: str) -> dict[str, Any] | None:
-        runs = [r for r in self.results if r.model == model]
+    def shown_modes(self) -> list[str | None]:
+        """The modes among the results, offline first, or [None] when there is one."""
+        modes = plots.present_modes([r.mode for r in self.results])
+        return list(modes) if len(modes) > 1 else [None]
+
+    def summary(self, model: str, mode: str | None = None) -> dict[str, Any] | None:
+        """Test scores of `model` over seeds (of `mode`'s runs only, when given)."""
+        runs = [r for r in self.results if r.model == model and mode in (None, r.mode)]
         if not runs:
             return None
         out: dict[str, Any] = {"seeds": [r.seed for r in runs]}
@@ -172,14 +201,14 @@ class Benchmark:
             "Runs",
         ]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for model in self.models:
-            s = self.summary(model)
+        for model, mode in itertools.product(self.models, self.shown_modes()):
+            s = self.summary(model, mode)
             if s is None:
                 continue
             params = s["num_parameters"]
             spe = s["seconds_per_epoch"]
             row = [
-                f"`{model}`",
+                f"`{model}`" + (f" {mode}" if mode else ""),
                 str(len(s["seeds"])),
                 *(fmt_mean_std(s[key]) for key, _ in METRICS),
                 fmt_mean_std(s["dev_weighted_f1"]) if s["dev_weighted_f1"] else "-",
@@ -190,6 +219,28 @@ class Benchmark:
             lines.append("| " + " | ".join(row) + " |")
         return "\n".join(lines)
 
+    def scores(self) -> list[plots.ModelScores]:
+        """Test weighted and macro F1 (%) per model and mode, one value per seed."""
+        out = []
+        modes = plots.present_modes([r.mode for r in self.results])
+        for model, mode in itertools.product(self.models, modes):
+            runs = [r for r in self.results if r.model == model and r.mode == mode]
+            if runs:
+                wf1, mf1 = ([100 * r.test(k) for r in runs] for k in ("weighted_f1", "macro_f1"))
+                out.append(plots.ModelScores(model, mode, wf1, mf1, is_reference(model)))
+        return out
+
+    def figure(self) -> None:
+        """Draw results.png (nothing before the first run; a failure only warns)."""
+        scores = self.scores()
+        if not scores:
+            return
+        datasets = sorted({str(r.metrics.get("dataset", "?")) for r in self.results})
+        data = "" if datasets == [self.name] else f" ({', '.join(datasets)})"
+        title = f"Benchmark {self.name}{data}, test split"
+        with plots.never_fatal("the benchmark figure"):
+            plots.save_figure(plots.benchmark_figure(scores, title), self.out_dir / "results.png")
+
     def to_dict(self, complete: bool) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -198,10 +249,16 @@ class Benchmark:
             "config": self.config_path,
             "overrides": self.overrides,
             "seeds": self.seeds,
+            "modes": self.modes,
             "models": {
                 model: {
                     "overrides": list(model_overrides(model)),
-                    "summary": self.summary(model),
+                    # With runs of both modes, "summary" is None and "by_mode" has both.
+                    "summary": self.summary(model) if self.shown_modes() == [None] else None,
+                    "by_mode": {
+                        mode: self.summary(model, mode)
+                        for mode in plots.present_modes([r.mode for r in self.results])
+                    },
                     "runs": [r.to_dict() for r in self.results if r.model == model],
                 }
                 for model in self.models
@@ -210,7 +267,7 @@ class Benchmark:
         }
 
     def write(self, complete: bool) -> None:
-        """Rewrite results.md and results.json atomically."""
+        """Rewrite results.md, results.json and results.png atomically."""
         title = f"# Benchmark {self.name}\n\n"
         if self.command:
             title += f"Command: `{self.command}`\n\n"
@@ -221,6 +278,7 @@ class Benchmark:
         write_atomic(
             self.out_dir / "results.json", json.dumps(self.to_dict(complete), indent=1) + "\n"
         )
+        self.figure()
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -257,12 +315,22 @@ def training_config(
 
 
 def run_config(
-    config_path: str | None, overrides: Sequence[str], model: str, seed: int, runs_dir: Path
+    config_path: str | None,
+    overrides: Sequence[str],
+    model: str,
+    seed: int,
+    runs_dir: Path,
+    mode: str | None = None,
 ) -> Config:
-    """The config of benchmark model `model` with `seed`, run under `runs_dir`."""
-    return training_config(
-        config_path, overrides, model_overrides(model), seed, f"{model}-seed{seed}", runs_dir
-    )
+    """The config of benchmark model `model` with `seed`, run under `runs_dir`, in `mode`
+    (``offline`` or ``causal``; None: as the config says)."""
+    extra = list(model_overrides(model))
+    if mode is not None:
+        if mode not in MODES:
+            raise ConfigError(f"--modes: unknown mode {mode!r}; use {' or '.join(MODES)}")
+        extra.append(f"model.causal={'true' if mode == 'causal' else 'false'}")
+    name = f"{model}-causal-seed{seed}" if mode == "causal" else f"{model}-seed{seed}"
+    return training_config(config_path, overrides, extra, seed, name, runs_dir)
 
 
 def default_out_dir(config_path: str | None, overrides: Sequence[str], name: str) -> Path:
@@ -281,8 +349,10 @@ def run_benchmark(
     *,
     command: str = "",
     train_fn: Callable[[Config], Path] | None = None,
+    modes: Sequence[str] = (),
 ) -> Benchmark:
-    """Train every model with every seed; write and return the results.
+    """Train every model with every seed (in each of `modes`: offline, causal; by default
+    the config's mode); write and return the results.
 
     Every run's config is built and validated before the first run starts, so a typo in a
     model name or an override fails at once. `train_fn` defaults to corect.train.train.
@@ -296,8 +366,13 @@ def run_benchmark(
     name = name or (Path(config_path).stem if config_path else "synthetic")
     out = Path(out_dir) if out_dir else default_out_dir(config_path, overrides, name)
     runs_dir = out / "runs"
+    if len(set(modes)) != len(modes):
+        raise ConfigError(f"--modes: duplicate modes in {','.join(modes)}")
     plan = [
-        (m, s, run_config(config_path, overrides, m, s, runs_dir)) for m in models for s in seeds
+        (m, s, run_config(config_path, overrides, m, s, runs_dir, mode))
+        for m in models
+        for mode in (modes or [None])
+        for s in seeds
     ]
     if train_fn is None:
         from corect.train import train as train_fn
@@ -306,14 +381,17 @@ def run_benchmark(
     handler = logging.FileHandler(out / "benchmark.log")  # benchmark and training logs
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     package_log.addHandler(handler)
-    bench = Benchmark(name, out, config_path, list(overrides), list(models), list(seeds), command)
+    bench = Benchmark(
+        name, out, config_path, list(overrides), list(models), list(seeds), command, modes=[*modes]
+    )
     bench.write(complete=False)
     try:
         with logging_redirect_tqdm([package_log]):
             log.info("benchmark %s: %d models x %d seeds -> %s", name, len(models), len(seeds), out)
             progress = tqdm(plan, desc="benchmark", unit="run", dynamic_ncols=True)
             for model, seed, config in progress:
-                progress.set_postfix_str(f"{model} seed {seed}")
+                mode = "causal" if config.model.causal else "offline"
+                progress.set_postfix_str(f"{model} {mode} seed {seed}")
                 finished = finished_run(runs_dir, config)
                 if finished is not None:
                     log.info("run %s seed %d: reusing the finished %s", model, seed, finished)
@@ -436,6 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
         parser, "config overrides for every run, e.g. train.epochs=20 data.modalities=t"
     )
     parser.add_argument(
+        "--modes",
+        default="",
+        help="offline, causal or offline,causal: train every model in each mode (causal runs "
+        "are named <model>-causal-seed<k>; default: the mode the config says)",
+    )
+    parser.add_argument(
         "--out",
         default=None,
         help="output directory (default: <train.runs_dir>/benchmarks/<name>-<date-time>)",
@@ -474,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out,
             args.name,
             command=command,
+            modes=parse_list(args.modes),
         )
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

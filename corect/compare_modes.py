@@ -16,6 +16,9 @@ under ``<train.runs_dir>/compare/<name>-<date-time>/``:
   std over seeds, in %), the difference causal - offline, and weighted F1 by position in
   the dialogue (utterances 1-5, 6-10, 11-20, 21+: early utterances have little past);
 - ``results.json``: the same, plus every run's figures and directory;
+- ``results.png``: weighted F1 by position in the dialogue for both modes (mean and
+  ± std band over seeds, every seed a dot) and the per-class F1 difference causal -
+  offline (:func:`corect.plots.modes_figure`), once both modes have a run;
 - ``compare.log``: the log, training included.
 
 The table is printed at the end, and the path of ``results.md`` last.
@@ -39,6 +42,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from corect import plots
 from corect.benchmark import fmt_mean_std, mean_std, parse_list, setup_logging, training_config
 from corect.config import Config, ConfigError, add_overrides_argument
 from corect.data.format import Dataset, DatasetError, SplitData
@@ -214,12 +218,45 @@ class Comparison:
         text += "\n".join(f"- {r.mode}, seed {r.seed}: `{r.run_dir}`" for r in self.runs)
         return text + "\n"
 
+    def figure(self) -> None:
+        """Draw results.png once both modes have a run (a failure only warns)."""
+        if not all(any(r.mode == mode for r in self.runs) for mode in MODES):
+            return
+        buckets, rows = self.buckets(), self.rows()
+        counts = [self.runs[0].metrics["by_position"][b]["count"] for b in buckets]
+        position_f1 = {
+            mode: [
+                [100 * r.metrics["by_position"][b]["weighted_f1"] for b in buckets]
+                for r in self.runs
+                if r.mode == mode
+            ]
+            for mode in MODES
+        }
+        nan = {"mean": float("nan"), "std": float("nan")}
+        differences = [rows[f"f1/{c}"]["difference"] or nan for c in self.labels]
+        overall = rows["weighted_f1"]["difference"]
+        title = (
+            f"Offline vs causal: {self.name}, {self.split} split; weighted F1 causal − "
+            f"offline {overall['mean']:+.2f} points"
+        )
+        with plots.never_fatal("the offline-vs-causal figure"):
+            figure = plots.modes_figure(
+                buckets,
+                counts,
+                position_f1,
+                self.labels,
+                [(d["mean"], d["std"]) for d in differences],
+                title,
+            )
+            plots.save_figure(figure, self.out_dir / "results.png")
+
     def write(self, complete: bool) -> None:
-        """Rewrite results.md and results.json atomically."""
+        """Rewrite results.md, results.json and results.png atomically."""
         write_atomic(self.out_dir / "results.md", self.markdown(complete))
         write_atomic(
             self.out_dir / "results.json", json.dumps(self.to_dict(complete), indent=1) + "\n"
         )
+        self.figure()
 
 
 def mode_config(
@@ -367,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Scores both on the test split and writes a Markdown table and JSON under\n"
             "<train.runs_dir>/compare/<name>-<date-time>/: accuracy, weighted F1, macro F1\n"
             "and per-class F1 (mean ± std over seeds, %), the difference causal - offline,\n"
-            "and weighted F1 by position in the dialogue (1-5, 6-10, 11-20, 21+). The runs\n"
-            "themselves go to the usual runs directory, side by side in TensorBoard.\n"
+            "and weighted F1 by position in the dialogue (1-5, 6-10, 11-20, 21+); results.png\n"
+            "draws the last and the per-class difference. The runs themselves go to the\n"
+            "usual runs directory, side by side in TensorBoard.\n"
             "Prints the table, then the path of results.md last."
         ),
         epilog=(

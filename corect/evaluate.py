@@ -2,7 +2,8 @@
 
 Reloads the run's checkpoint (``torch.load(weights_only=True)``: no unpickling of code)
 and its dataset, prints accuracy, weighted/macro F1 and a per-class table, and writes
-``RUN_DIR/eval-<split>.json``. The figures equal the ones in ``metrics.json``, since both
+``RUN_DIR/eval-<split>.json`` and the confusion matrix ``RUN_DIR/confusion-<split>.png``
+(as ``corect.train`` draws it). The scores equal the ones in ``metrics.json``, since both
 come from :func:`corect.train.evaluate_split` on the same checkpoint.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from corect import plots
 from corect.config import Config, ConfigError, config_from_dict
 from corect.data.format import Dataset, DatasetError
 from corect.io import write_json_atomic
@@ -61,7 +63,8 @@ def format_report(metrics: dict[str, Any], title: str) -> str:
 def evaluate_run(
     run_dir: str | Path, split: str = "test", device: str = "auto", dataset: Dataset | None = None
 ) -> dict[str, Any]:
-    """Metrics of a run's best checkpoint on `split` (also written to eval-<split>.json)."""
+    """Metrics of a run's best checkpoint on `split` (also written to eval-<split>.json),
+    and its confusion matrix drawn to confusion-<split>.png."""
     torch_device = select_device(device)
     config, model, checkpoint = load_run(run_dir, str(torch_device))
     dataset = dataset or load_data(config)
@@ -77,6 +80,8 @@ def evaluate_run(
     )
     metrics["loss"] = loss
     write_json_atomic(Path(run_dir) / f"eval-{split}.json", metrics)
+    title = plots.run_title(dataset.name, config.model.name, config.model.causal, split)
+    plots.save_confusion(run_dir, split, metrics["confusion"], checkpoint["labels"], title)
     return metrics
 
 
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m corect.evaluate",
         description="Reload a run's best checkpoint, score it on a split, print a report and "
-        "write RUN_DIR/eval-<split>.json.",
+        "write RUN_DIR/eval-<split>.json and the figure RUN_DIR/confusion-<split>.png.",
     )
     parser.add_argument("--run", required=True, help="run directory printed by corect.train")
     parser.add_argument("--split", default="test", choices=["test", "dev", "train"])

@@ -22,9 +22,10 @@ Models: CORECT (every encoder kind and ablation) and every fusion baseline, incl
 ``context``, stream with bounded state. Any other model falls back to recomputing the
 whole history at every push (correct, but its cost grows; ``bounded`` says which).
 
-Latency: ``python -m corect.stream --bench`` (median and p99 ms per utterance at several
-dialogue positions). Dialogues from a file: ``python -m corect.stream --run RUN --input
-dialogues.jsonl``.
+Latency: ``python -m corect.stream --bench [--figure latency.png]`` (median and p99 ms
+per utterance at several dialogue positions, against rerunning the batch model on the
+whole history; the figure draws both against the position). Dialogues from a file:
+``python -m corect.stream --run RUN --input dialogues.jsonl``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from corect import plots
 from corect.config import Config, ConfigError, add_overrides_argument, load_config
 from corect.data.batching import collate
 from corect.data.format import DialogueRecord
@@ -486,7 +488,7 @@ def bench(
 ) -> list[dict[str, Any]]:
     """Latency per push at each position p (samples: pushes at positions p .. p+span-1 of
     `dialogues` random dialogues), and, for reference, the batch model's latency on the
-    whole history up to p (`recompute` samples)."""
+    whole history up to p (`recompute` samples, their median and p99)."""
     g = torch.Generator().manual_seed(0)
     length = max(positions) + span
     speakers = ["A", "B", "C"]
@@ -537,6 +539,7 @@ def bench(
                     recognizer.model(batch)
                     times.append(1000 * (time.perf_counter() - start))
             row["recompute_median_ms"] = statistics.median(times)
+            row["recompute_p99_ms"] = float(np.percentile(times, 99))
         rows.append(row)
     return rows
 
@@ -603,13 +606,21 @@ def build_parser() -> argparse.ArgumentParser:
             "Examples:\n"
             "  python -m corect.stream --run RUN_DIR --input dialogues.jsonl\n"
             "  python -m corect.stream --bench              # default CORECT, synthetic dims\n"
-            "  python -m corect.stream --bench --run RUN_DIR --positions 10,100"
+            "  python -m corect.stream --bench --run RUN_DIR --positions 10,100\n"
+            "  python -m corect.stream --bench --output bench.json   # + bench.png"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--run", help="causal run directory (offline runs are refused)")
     parser.add_argument("--input", help="JSONL dialogues to stream (data_prep.jsonl format)")
-    parser.add_argument("--output", help="write the predictions as JSONL here")
+    parser.add_argument(
+        "--output", help="write the predictions as JSONL here (bench: the rows as JSON)"
+    )
+    parser.add_argument(
+        "--figure",
+        help="bench: draw the latency against the position to this PNG (default with "
+        "--output: beside it, same name, .png)",
+    )
     parser.add_argument(
         "--bench",
         action="store_true",
@@ -660,6 +671,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("note: unbounded past (wp = -1) or recompute fallback: cost grows")
             if args.output:
                 write_json_atomic(args.output, rows)
+            figure = args.figure or (args.output and Path(args.output).with_suffix(".png"))
+            if figure:
+                title = f"Streaming latency, {what}, {torch.get_num_threads()} thread(s)"
+                with plots.never_fatal("the latency figure"):
+                    plots.save_figure(plots.latency_figure(rows, title), figure)
+                    print(f"figure: {figure}")
             return 0
         if not (args.run and args.input):
             raise ConfigError("give --run and --input, or --bench")

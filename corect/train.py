@@ -9,6 +9,7 @@ and write everything into a run directory::
         config.yaml      the resolved config
         checkpoint.pt    best state dict + config + label names (torch.load weights_only)
         metrics.json     dev and test metrics, best epoch, time per epoch
+        confusion-dev.png, confusion-test.png   labelled confusion matrices (corect.plots)
         events.*         TensorBoard (tensorboard --logdir runs)
 
 The last line printed on stdout is the run directory.
@@ -179,22 +180,31 @@ def save_checkpoint(
 
 
 def log_confusion(
-    writer: Any, tag: str, confusion: list[list[int]], labels: list[str], step: int
+    writer: Any,
+    run_dir: Path,
+    config: Config,
+    dataset: Dataset,
+    split: str,
+    metrics: dict[str, Any],
+    step: int,
 ) -> None:
-    """The confusion matrix as a heat-map image (rows true, columns predicted) and as a
-    Markdown table."""
-    matrix = np.asarray(confusion, dtype=np.float64)
-    rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    cell = 24
-    image = np.kron(rows, np.ones((cell, cell)))  # [C*cell, C*cell] in [0, 1]
-    rgb = np.stack([1 - image, 1 - 0.6 * image, np.ones_like(image)], axis=0)
-    writer.add_image(tag, rgb.astype(np.float32), step)
+    """The confusion matrix of `split` as a labelled figure (TensorBoard image
+    ``confusion/<split>`` and ``run_dir/confusion-<split>.png``; a failure to draw only
+    logs a warning) and as a Markdown table."""
+    from corect import plots
+
+    confusion, labels = metrics["confusion"], dataset.labels
+    title = plots.run_title(dataset.name, config.model.name, config.model.causal, split)
+    figure = plots.save_confusion(run_dir, split, confusion, labels, title)
+    if figure is not None:
+        with plots.never_fatal(f"the {split} confusion matrix in TensorBoard"):
+            writer.add_figure(f"confusion/{split}", figure, step, close=False)
     header = "| true \\ pred | " + " | ".join(labels) + " |\n|" + "---|" * (len(labels) + 1)
     body = "\n".join(
         f"| {labels[i]} | " + " | ".join(str(int(x)) for x in row) + " |"
-        for i, row in enumerate(matrix)
+        for i, row in enumerate(confusion)
     )
-    writer.add_text(tag, header + "\n" + body, step)
+    writer.add_text(f"confusion/{split}", header + "\n" + body, step)
 
 
 def train(config: Config) -> Path:
@@ -356,7 +366,8 @@ def train(config: Config) -> Path:
         "test": test_metrics,
     }
     write_json_atomic(run_dir / "metrics.json", results)
-    log_confusion(writer, "confusion/test", test_metrics["confusion"], dataset.labels, best_epoch)
+    for split_name, metrics in (("dev", dev_metrics), ("test", test_metrics)):
+        log_confusion(writer, run_dir, config, dataset, split_name, metrics, best_epoch)
     for label, value in test_metrics["per_class_f1"].items():
         writer.add_scalar(f"class_f1_test/{label}", value, best_epoch)
     hparams = {

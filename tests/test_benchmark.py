@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from corect.benchmark import DEFAULT_MODELS, VARIANTS, main, mean_std, run_benchmark
+from corect.benchmark import (
+    DEFAULT_MODELS,
+    MODES,
+    VARIANTS,
+    is_reference,
+    main,
+    mean_std,
+    run_benchmark,
+)
 from corect.config import Config, ConfigError, save_config
 
 
@@ -24,6 +32,8 @@ def fake_train(config: Config) -> Path:
         "best_epoch": 1,
         "seconds_per_epoch": 0.5,
         "num_parameters": 1234 if config.model.use_rtgcn else 999,
+        "causal": config.model.causal,
+        "dataset": "synthetic",
         "config": config.to_dict(),
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -72,7 +82,42 @@ def test_table_and_json(tmp_path: Path) -> None:
     assert "`corect-no-rtgcn`" in table and "`early`" in table and "1,234" in table
     assert "runs/early-seed1" in table
     assert bench.table() in table
+    assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
     assert not list(out.glob(".results*"))  # no temporary files left behind
+
+
+def test_both_modes_side_by_side(tmp_path: Path) -> None:
+    bench = run_benchmark(
+        None,
+        ["early", "corect-context-free"],
+        [1, 2],
+        [],
+        tmp_path,
+        train_fn=fake_train,
+        modes=["offline", "causal"],
+    )
+    assert len(bench.results) == 8
+    names = sorted(Path(r.run_dir).name for r in bench.results if r.model == "early")
+    assert names == ["early-causal-seed1", "early-causal-seed2", "early-seed1", "early-seed2"]
+    table = bench.table()
+    assert "| `early` offline | 2 |" in table and "| `early` causal | 2 |" in table
+    scores = {(s.model, s.mode): s for s in bench.scores()}
+    assert set(scores) == {(m, mode) for m in ("early", "corect-context-free") for mode in MODES}
+    assert scores["corect-context-free", "causal"].reference
+    assert not scores["early", "offline"].reference
+    assert scores["early", "causal"].weighted_f1 == pytest.approx([46.0, 47.0])
+    data = json.loads((tmp_path / "results.json").read_text())
+    early = data["models"]["early"]
+    assert early["summary"] is None and set(early["by_mode"]) == set(MODES)
+    assert {r["mode"] for r in early["runs"]} == set(MODES)
+    assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ConfigError, match="unknown mode 'online'"):
+        run_benchmark(None, ["early"], [1], [], tmp_path, train_fn=fake_train, modes=["online"])
+
+
+def test_references() -> None:
+    assert is_reference("corect-context-free") and is_reference("context")
+    assert is_reference("context-gated") and not is_reference("corect")
 
 
 def test_failure_names_the_model_and_keeps_finished_runs(tmp_path: Path) -> None:

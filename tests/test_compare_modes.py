@@ -56,6 +56,7 @@ def test_compare_trains_both_modes_and_reloads(tmp_path: Path, capsys) -> None:
     assert data["runs"][0]["metrics"]["weighted_f1"] == pytest.approx(trained["weighted_f1"])
     table = (result.out_dir / "results.md").read_text()
     assert "Δ causal − offline" in table and "F1 sad" in table and "21+" in table
+    assert (result.out_dir / "results.png").read_bytes().startswith(b"\x89PNG")
 
     # --runs / --causal-runs: scores them without training; the path is printed last.
     code = main(

@@ -3,6 +3,8 @@ with caches that stay within the past window."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -166,12 +168,15 @@ def test_from_run(tmp_path) -> None:
     torch.testing.assert_close(logits, batch_logits(rec, feats, speakers), atol=1e-5, rtol=0)
 
 
-def test_bench_cli(capsys) -> None:
+def test_bench_cli(capsys, tmp_path) -> None:
     args = ["--bench", "--positions", "1,4", "--dialogues", "2", "--span", "2", "--set"]
     args += ["data.synthetic.dims={t: 8, a: 6, v: 5}", "model.hidden_size=16", "model.wp=2"]
-    assert main(args) == 0
+    assert main([*args, "--output", str(tmp_path / "bench.json")]) == 0
     out = capsys.readouterr().out
     assert "| 4 | 4 |" in out and "Median ms/utterance" in out and "wp 2" in out
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["position"] for r in rows] == [1, 4] and "recompute_p99_ms" in rows[0]
+    assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
 
 
 class Wrapped(torch.nn.Module):
