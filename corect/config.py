@@ -128,6 +128,7 @@ class TrainConfig:
     runs_dir: str = "runs"
     run_name: str = ""  # empty = <date-time>-seed<seed>
     progress: bool = True
+    figures: bool = True  # confusion-matrix figures (PNG + TensorBoard) for dev and test
 
 
 @dataclass

@@ -14,6 +14,7 @@ run that asked for it, so they call them inside :func:`never_fatal`:
 
 from __future__ import annotations
 
+import io
 import logging
 import textwrap
 from collections.abc import Iterator, Mapping, Sequence
@@ -63,6 +64,23 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = DPI) -> Path:
     with atomic_target(path) as tmp:
         figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=dpi)
     return path
+
+
+def render_png(figure: Figure, dpi: int = DPI) -> bytes:
+    """The figure as PNG bytes. Drawing (text layout above all) is the slow part, so a
+    figure wanted both as a file and in TensorBoard is drawn once, here."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    """Decode PNG bytes to an ``[H, W, 3]`` uint8 array (for ``SummaryWriter.add_image``
+    with ``dataformats="HWC"``)."""
+    from matplotlib.image import imread
+
+    rgba = imread(io.BytesIO(png), format="png")
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
 
 
 def run_title(dataset: str, model: str, causal: bool, split: str) -> str:
@@ -115,13 +133,14 @@ def save_confusion(
     confusion: Sequence[Sequence[int]],
     labels: Sequence[str],
     title: str,
-) -> Figure | None:
-    """Draw and write ``run_dir/confusion-<split>.png``; the figure, or None (and a
+) -> bytes | None:
+    """Draw and write ``run_dir/confusion-<split>.png``; its PNG bytes, or None (and a
     warning) when it could not be drawn."""
     with never_fatal(f"the {split} confusion matrix"):
-        figure = confusion_figure(confusion, labels, title)
-        save_figure(figure, Path(run_dir) / f"confusion-{split}.png")
-        return figure
+        png = render_png(confusion_figure(confusion, labels, title))
+        with atomic_target(Path(run_dir) / f"confusion-{split}.png") as tmp:
+            tmp.write_bytes(png)
+        return png
     return None
 
 

@@ -195,10 +195,12 @@ def log_confusion(
 
     confusion, labels = metrics["confusion"], dataset.labels
     title = plots.run_title(dataset.name, config.model.name, config.model.causal, split)
-    figure = plots.save_confusion(run_dir, split, confusion, labels, title)
-    if figure is not None:
+    png = None
+    if config.train.figures:
+        png = plots.save_confusion(run_dir, split, confusion, labels, title)
+    if png is not None:
         with plots.never_fatal(f"the {split} confusion matrix in TensorBoard"):
-            writer.add_figure(f"confusion/{split}", figure, step, close=False)
+            writer.add_image(f"confusion/{split}", plots.png_pixels(png), step, dataformats="HWC")
     header = "| true \\ pred | " + " | ".join(labels) + " |\n|" + "---|" * (len(labels) + 1)
     body = "\n".join(
         f"| {labels[i]} | " + " | ".join(str(int(x)) for x in row) + " |"

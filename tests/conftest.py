@@ -74,6 +74,7 @@ def tiny_config(tmp_path, **sections) -> Config:
             "batch_size": 4,
             "runs_dir": str(tmp_path / "runs"),
             "progress": False,
+            "figures": False,  # drawing costs seconds; tests/test_plots.py turns it on
             "lr": 1e-3,
         },
     }

@@ -125,7 +125,7 @@ def test_never_fatal_logs_and_carries_on(caplog: pytest.LogCaptureFixture) -> No
 def test_training_and_evaluation_draw_labelled_confusion_matrices(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = train(tiny_config(tmp_path))
+    run = train(tiny_config(tmp_path, train={"figures": True}))
     for split in ("dev", "test"):
         assert (run / f"confusion-{split}.png").read_bytes().startswith(PNG)
     events = EventAccumulator(str(run))
@@ -145,7 +145,7 @@ def test_a_failure_to_draw_never_fails_training(
 
     monkeypatch.setattr(plots, "new_figure", broken)
     with caplog.at_level(logging.WARNING, "corect"):
-        run = train(tiny_config(tmp_path))
+        run = train(tiny_config(tmp_path, train={"figures": True}))
     assert (run / "metrics.json").is_file() and not list(run.glob("*.png"))
     assert "could not draw the test confusion matrix" in caplog.text
     assert "could not draw the dev confusion matrix" in caplog.text
