@@ -16,6 +16,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from corect.errors import InputError
+
 MODALITIES = ("t", "a", "v")
 ENCODER_KINDS = ("mlp", "transformer", "lstm")
 EDGE_TYPES = ("temp", "multi", "temp_multi")
@@ -33,7 +35,7 @@ MODEL_NAMES = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is missing, unknown or out of range."""
 
 

@@ -1,6 +1,6 @@
 """Label your own dialogues: ``python -m corect.predict --run RUN_DIR --input dialogues.jsonl``.
 
-Input: one dialogue a line, the format of :mod:`data_prep.jsonl` (``split`` and ``label``
+Input: one dialogue a line, the format of :mod:`corect.data.jsonl` (``split`` and ``label``
 optional here)::
 
     {"id": "d1", "utterances": [{"speaker": "Ann", "text": "Hi!",
@@ -8,9 +8,10 @@ optional here)::
 
 Every modality the run was trained on must be given as ``features`` (keys text, audio,
 visual or t, a, v), except text: without ``features.text`` it is computed from ``text``
-with data_prep's text encoder, provided the run's dataset was made with that encoder (its
-manifest records which model; the same model is used and checked). Works for offline and
-causal runs (the batch path; for utterance-by-utterance use see :mod:`corect.stream`).
+with the text encoder (:mod:`corect.data.text_encoder`), provided the run's dataset was
+made with that encoder (its manifest records which model; the same model is used and
+checked). Works for offline and causal runs (the batch path; for utterance-by-utterance
+use see :mod:`corect.stream`).
 
 Output: a label and class probabilities per utterance, printed as a table, or with
 ``--output out.jsonl`` written as JSONL (one line per dialogue, written atomically). When
@@ -29,24 +30,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from corect.config import Config, ConfigError
-from corect.data.format import DatasetError, DialogueRecord, SplitData, party_indices
+from corect.config import Config
+from corect.data.format import DialogueRecord, SplitData, party_indices
+from corect.errors import InputError
 from corect.evaluate import load_run
 from corect.io import write_atomic
 from corect.metrics import classification_metrics
 from corect.train import predict, select_device
 
 if TYPE_CHECKING:
-    from data_prep.text_features import TextEncoder
+    from corect.data.text_encoder import TextEncoder
 
 
-class PredictError(ValueError):
+class PredictError(InputError):
     """The input does not fit the run (missing modality, wrong size, unknown text model)."""
 
 
 def dataset_text_features(config: Config) -> dict[str, Any] | None:
     """What the run's dataset manifest says about its text features (``text_features``,
-    written by data_prep), or None when it says nothing or cannot be read."""
+    written by the converters), or None when it says nothing or cannot be read."""
     if not config.data.path:
         return None
     manifest = Path(config.data.path) / "manifest.json"
@@ -59,19 +61,19 @@ def dataset_text_features(config: Config) -> dict[str, Any] | None:
 def text_encoder_for_run(
     config: Config, dim: int, text_model: str | Path | None = None, cache: bool = True
 ) -> TextEncoder:
-    """data_prep's text encoder with the model the run's text features were made with.
+    """The text encoder with the model the run's text features were made with.
 
     `text_model` overrides the model directory (needed when the run's dataset is not on
     this machine). Fails with :class:`PredictError` when the run's text features did not
     come from this encoder, or the model differs from the one recorded in the manifest."""
-    from data_prep.text_features import DEFAULT_CACHE_DIR, TextEncoder
+    from corect.data.text_encoder import DEFAULT_CACHE_DIR, TextEncoder
 
     info = dataset_text_features(config)
     if info is None and text_model is None:
         where = config.data.path or "the embedded synthetic dataset"
         raise PredictError(
             f"the run was trained on {where}, whose text features were not made by "
-            "data_prep's text encoder (its manifest has no 'text_features'), so texts cannot "
+            "corect's text encoder (its manifest has no 'text_features'), so texts cannot "
             "be encoded the same way: give features.text for every utterance (or "
             "--text-model DIR if you know the model)"
         )
@@ -147,7 +149,7 @@ def predict_file(
     Returns ``{"run", "labels", "causal", "dialogues": [{"id", "utterances": [{"index",
     "speaker", "text", "label", "probabilities", "true_label"}]}], "metrics"}`` (metrics
     only when the input has labels)."""
-    from data_prep.jsonl import dialogue_records, read_jsonl
+    from corect.data.jsonl import dialogue_records, read_jsonl
 
     torch_device = select_device(device)
     config, model, checkpoint = load_run(run_dir, str(torch_device))
@@ -219,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m corect.predict",
         description=(
             "Predict a label and class probabilities for every utterance of the dialogues in "
-            "a JSONL file (data_prep.jsonl format; 'split' and 'label' optional) with a "
+            "a JSONL file (the format of data_prep.jsonl; 'split' and 'label' optional) with a "
             "trained run, offline or causal. Modalities: as features (keys text/audio/visual "
             "or t/a/v); text may instead be given as 'text' when the run's dataset was made "
-            "with data_prep's text encoder."
+            "with the text encoder."
         ),
         epilog="Example: python -m corect.predict --run runs/meld/t--emotion--corect/RUN "
         "--input my_dialogues.jsonl --output predictions.jsonl",
@@ -246,17 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 def input_errors() -> tuple[type[Exception], ...]:
     """The errors that mean bad input (config, run, dialogues, text model): reported in one
     line, without a traceback, by the commands that read dialogues."""
-    from data_prep.common import ConversionError
-    from data_prep.text_features import TextModelError
-
-    return (
-        ConfigError,
-        DatasetError,
-        ConversionError,
-        TextModelError,
-        PredictError,
-        FileNotFoundError,
-    )
+    return (InputError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,7 +61,7 @@ from corect.models.fusion import DialogueContext, FusionModel
 from corect.predict import PredictError, input_errors, split_from_records, text_encoder_for_run
 
 if TYPE_CHECKING:
-    from data_prep.text_features import TextEncoder
+    from corect.data.text_encoder import TextEncoder
 
 FEATURE_KEYS = {"t": "t", "a": "a", "v": "v", "text": "t", "audio": "a", "visual": "v"}
 
@@ -392,7 +392,7 @@ class StreamingRecognizer:
         return [len(w) for w in self.step.windows()]
 
     def text_features(self, text: str, speaker: str = "") -> torch.Tensor:
-        """Text features with data_prep's text encoder (the run's model, checked). A model
+        """Text features with the text encoder (the run's model, checked). A model
         fine-tuned with past context gets the same inputs: this dialogue's last turns."""
         if self._text_encoder is None:
             self._text_encoder = text_encoder_for_run(
@@ -565,9 +565,9 @@ def format_bench(rows: list[dict[str, Any]], what: str) -> str:
 
 
 def stream_file(recognizer: StreamingRecognizer, path: str | Path) -> list[dict[str, Any]]:
-    """Stream every dialogue of a JSONL file (data_prep.jsonl format); per utterance the
-    prediction and the push latency."""
-    from data_prep.jsonl import read_jsonl
+    """Stream every dialogue of a JSONL file (format: :mod:`corect.data.jsonl`); per
+    utterance the prediction and the push latency."""
+    from corect.data.jsonl import read_jsonl
 
     results = []
     for dialogue in read_jsonl(path, recognizer.labels, require_labels=False, default_split="test"):
@@ -612,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--run", help="causal run directory (offline runs are refused)")
-    parser.add_argument("--input", help="JSONL dialogues to stream (data_prep.jsonl format)")
+    parser.add_argument("--input", help="JSONL dialogues to stream (the format of data_prep.jsonl)")
     parser.add_argument(
         "--output", help="write the predictions as JSONL here (bench: the rows as JSON)"
     )

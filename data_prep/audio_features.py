@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_prep.common import ConversionError, VectorCache
+from corect.data.cache import VectorCache
+from data_prep.options import ConversionError
 
 FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}
 DEFAULT_FEATURE_SET = "eGeMAPSv02"

@@ -11,7 +11,7 @@ source, labels are already mapped, and the train/dev split is the one the conver
 model uses. Only the train and dev files are opened; the test split is never read.
 
 The classifier is the encoder's sentence embedding (mean pooling over the attention mask,
-L2-normalised: :func:`data_prep.text_features.embed_batch`, the very function the feature
+L2-normalised: :func:`corect.data.text_encoder.embed_batch`, the very function the feature
 writer uses) scaled by sqrt(dim), then one linear layer. The saved directory is a plain
 Hugging Face model (``model.safetensors``, tokenizer, ``config.json``), plus
 ``sentence_bert_config.json`` (its max length), the classifier head
@@ -42,16 +42,16 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from corect.data.format import Dataset, load_dataset
-from corect.io import atomic_directory
-from corect.metrics import classification_metrics
-from data_prep.common import ConversionError, HelpFormatter, run_main
-from data_prep.text_features import (
+from corect.data.text_encoder import (
     RECORD_FILE,
     bundled_model_path,
     context_inputs,
     embed_batch,
     model_identity,
 )
+from corect.io import atomic_directory
+from corect.metrics import classification_metrics
+from data_prep.options import ConversionError, HelpFormatter, run_main
 
 MODES = ("full", "lora", "frozen")
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")
@@ -459,7 +459,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         "history": history,
         "seed": config.seed,
         "context": {"utterances": config.context, "separator": separator, "causal": True},
-        "pooling": "mean over attention mask, L2-normalised (as data_prep.text_features)",
+        "pooling": "mean over attention mask, L2-normalised (as corect.data.text_encoder)",
         "class_weights": None
         if weights is None
         else dict(zip(dataset.labels, weights.tolist(), strict=True)),

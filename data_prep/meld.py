@@ -13,18 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from corect.data.format import SPLITS, DialogueRecord
-from data_prep.common import (
+from corect.data.format import SPLITS, DialogueRecord, label_index
+from data_prep.options import (
     ConversionError,
     add_output_argument,
     add_quiet_argument,
     add_text_model_arguments,
-    label_index,
     make_parser,
     run_main,
     text_encoder_from_args,
-    write_and_summarize,
 )
+from data_prep.output import write_and_summarize
 
 TASK_LABELS = {
     "emotion": ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],
@@ -41,7 +40,7 @@ Convert MELD (Poria et al., ACL 2019) from its official CSVs to a corect dataset
 Reads <csv-dir>/{train,dev,test}_sent_emo.csv (columns Utterance, Speaker, Emotion,
 Sentiment, Dialogue_ID, Utterance_ID, ...). Utterances are ordered by Utterance_ID inside a
 dialogue (ids may skip numbers), dialogues by Dialogue_ID and named dia<D>. Speakers are
-kept by name. Text features come from our text encoder (see data_prep.text_features).
+kept by name. Text features come from our text encoder (see corect.data.text_encoder).
 
 Optional per-utterance features, in MELD's own per-split layout (dialogue ids repeat
 across splits):

@@ -8,13 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.common import (
-    PICKLE_WARNING,
-    add_release_arguments,
-    convert_release,
-    make_parser,
-    run_main,
-)
+from data_prep.options import make_parser, run_main
+from data_prep.release import PICKLE_WARNING, add_release_arguments, convert_release
 
 # Class ids of the release, in order. 7class: sentiment -3..3 as ids 0..6.
 TASK_LABELS = {

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from corect.data.format import Dataset, load_dataset
+from corect.data.text_encoder import TextEncoder
 from data_prep import iemocap, jsonl, meld, mosei
-from data_prep.common import ConversionError, dev_from_train, parse_modalities, summary_text
 from data_prep.jsonl import JsonlError, dialogue_records, read_jsonl
-from data_prep.text_features import TextEncoder
+from data_prep.options import ConversionError, parse_modalities
+from data_prep.output import dev_from_train, summary_text
 
 
 @pytest.fixture(scope="session")

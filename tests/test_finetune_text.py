@@ -12,14 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from corect.data.format import DialogueRecord, write_dataset
-from corect.metrics import classification_metrics
-from data_prep import finetune_text as ft
-from data_prep.text_features import (
+from corect.data.text_encoder import (
     RECORD_FILE,
     TextEncoder,
     TextModelError,
     context_inputs,
 )
+from corect.metrics import classification_metrics
+from data_prep import finetune_text as ft
 
 LABELS = ["joy", "sadness", "neutral"]
 WORDS = {0: "great happy fun yes", 1: "bad sad awful no", 2: "okay fine the a"}

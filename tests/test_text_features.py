@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep import text_features
-from data_prep.text_features import (
+from corect.data import text_encoder as text_features
+from corect.data.text_encoder import (
     TextEncoder,
     TextModelError,
     bundled_model_path,

