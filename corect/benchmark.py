@@ -5,7 +5,7 @@ Example (CORECT against every fusion baseline, 3 seeds, on the embedded syntheti
     python -m corect.benchmark --models corect,early,late,gated --seeds 3
 
 For every model and seed (and with ``--modes offline,causal`` in both modes, the causal
-runs named ``<model>-causal-seed<k>``) this calls :func:`corect.train.train` with the
+runs named ``<model>-causal-seed<k>``) this calls :func:`corect.training.train` with the
 base config plus the model's overrides, then writes under the output directory (default
 ``<train.runs_dir>/benchmarks/<name>-<date-time>/``):
 
@@ -14,7 +14,7 @@ base config plus the model's overrides, then writes under the output directory (
 - ``results.json``: the same, plus every run's test metrics and the exact overrides;
 - ``results.png``: test weighted and macro F1 per model, mean ± std over seeds, every
   seed a dot, offline and causal side by side when both are among the runs, the plain
-  references (:data:`REFERENCES`) marked (:func:`corect.plots.benchmark_figure`);
+  references (:data:`corect.registry.REFERENCES`) marked (:func:`corect.plots.benchmark_figure`);
 - ``runs/<model>-seed<k>/``: the training runs themselves;
 - ``benchmark.log``.
 
@@ -31,7 +31,6 @@ import argparse
 import itertools
 import json
 import logging
-import math
 import shlex
 import sys
 import time
@@ -41,73 +40,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from corect import plots
-from corect.config import MODEL_NAMES, Config, ConfigError, add_overrides_argument, load_config
+from corect.config import Config, ConfigError, add_overrides_argument, load_config
+from corect.errors import INPUT_ERRORS, report
+from corect.experiments import (
+    experiment_log,
+    fmt_mean_std,
+    mean_std,
+    parse_list,
+    parse_seeds,
+    run_plan,
+    train_or_reuse,
+    training_config,
+)
 from corect.io import write_atomic
+from corect.registry import DEFAULT_VARIANTS, VARIANTS, is_reference
 from corect.runtime import keep_freed_memory
 
 log = logging.getLogger("corect.benchmark")
-
-FUSION_BASELINES = tuple(n for n in MODEL_NAMES if n not in ("corect", "context"))
-
-# Model name -> config overrides. Every config model name is a benchmark model as is;
-# CORECT's ablations are config switches of CORECT.
-VARIANTS: dict[str, tuple[str, ...]] = {
-    **{name: (f"model.name={name}",) for name in MODEL_NAMES},
-    "corect-no-rtgcn": ("model.name=corect", "model.use_rtgcn=false"),
-    "corect-no-pcm": ("model.name=corect", "model.use_pcm=false"),
-    "corect-no-speaker": ("model.name=corect", "model.use_speaker=false"),
-    "corect-context-free": (
-        "model.name=corect",
-        "model.use_rtgcn=false",
-        "model.use_pcm=false",
-        "model.encoders={t: mlp, a: mlp, v: mlp}",
-    ),
-    **{
-        f"context-{fusion}": ("model.name=context", f"model.fusion={fusion}")
-        for fusion in FUSION_BASELINES
-    },
-    # Plain references on the same (standardised) features: what a reader compares
-    # against to see what context and the graph add. No speaker embedding, MLP encoders.
-    "ref-mlp": (  # a 2-layer MLP per utterance, then the classifier head
-        "model.name=early",
-        "model.use_speaker=false",
-        "model.encoders={t: mlp, a: mlp, v: mlp}",
-    ),
-    "ref-gru": (  # the same MLP, then a GRU over the dialogue (forward-only when causal)
-        "model.name=context",
-        "model.fusion=early",
-        "model.use_speaker=false",
-        "model.encoders={t: mlp, a: mlp, v: mlp}",
-    ),
-}
-
-DEFAULT_MODELS = (
-    "corect",
-    "corect-no-rtgcn",
-    "corect-no-pcm",
-    "corect-no-speaker",
-    "corect-context-free",
-    *FUSION_BASELINES,
-    "context",
-    "ref-mlp",
-    "ref-gru",
-)
+DEFAULT_MODELS = DEFAULT_VARIANTS
 
 METRICS = (("accuracy", "Acc"), ("weighted_f1", "wF1"), ("macro_f1", "macro-F1"))
 MODES = ("offline", "causal")
-
-# Plain references, marked in results.png: CORECT without its context parts, and the
-# recurrent context model over any fusion.
-REFERENCES = ("corect-context-free", "context")
-
-
-def is_reference(model: str) -> bool:
-    """Whether benchmark model `model` is a plain reference (:data:`REFERENCES`)."""
-    return model in REFERENCES or model.startswith("context-")
 
 
 def model_overrides(name: str) -> tuple[str, ...]:
@@ -281,39 +235,6 @@ class Benchmark:
         self.figure()
 
 
-def mean_std(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return {"mean": mean, "std": math.sqrt(var)}
-
-
-def fmt_mean_std(stats: dict[str, float]) -> str:
-    return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
-
-
-def training_config(
-    config_path: str | None,
-    overrides: Sequence[str],
-    extra: Sequence[str],
-    seed: int,
-    run_name: str,
-    runs_dir: Path | None = None,
-) -> Config:
-    """The validated config of one run of a multi-run command: base file, user overrides,
-    the run's own overrides, seed, run name and (optionally) place. Progress bars are off
-    unless the user set ``train.progress``."""
-    quiet = (
-        [] if any(o.startswith("train.progress=") for o in overrides) else ["train.progress=false"]
-    )
-    place = [f"train.runs_dir={runs_dir}"] if runs_dir is not None else []
-    return load_config(
-        config_path,
-        [*quiet, *overrides, *extra, f"train.seed={seed}", *place, f"train.run_name={run_name}"],
-    )
-
-
 def run_config(
     config_path: str | None,
     overrides: Sequence[str],
@@ -375,60 +296,26 @@ def run_benchmark(
         for s in seeds
     ]
     if train_fn is None:
-        from corect.train import train as train_fn
+        from corect.training import train as train_fn
     out.mkdir(parents=True, exist_ok=True)
-    package_log = setup_logging()
-    handler = logging.FileHandler(out / "benchmark.log")  # benchmark and training logs
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    package_log.addHandler(handler)
     bench = Benchmark(
         name, out, config_path, list(overrides), list(models), list(seeds), command, modes=[*modes]
     )
     bench.write(complete=False)
-    try:
-        with logging_redirect_tqdm([package_log]):
-            log.info("benchmark %s: %d models x %d seeds -> %s", name, len(models), len(seeds), out)
-            progress = tqdm(plan, desc="benchmark", unit="run", dynamic_ncols=True)
-            for model, seed, config in progress:
-                mode = "causal" if config.model.causal else "offline"
-                progress.set_postfix_str(f"{model} {mode} seed {seed}")
-                finished = finished_run(runs_dir, config)
-                if finished is not None:
-                    log.info("run %s seed %d: reusing the finished %s", model, seed, finished)
-                    bench.results.append(read_run(model, seed, finished, out))
-                else:
-                    bench.results.append(run_one(model, seed, config, train_fn, out))
-                bench.write(complete=False)
-        bench.write(complete=True)
-    finally:
-        package_log.removeHandler(handler)
-        handler.close()
+    with experiment_log(out / "benchmark.log"):  # benchmark and training logs
+        log.info("benchmark %s: %d models x %d seeds -> %s", name, len(models), len(seeds), out)
+        run_plan(
+            plan,
+            lambda item: bench.results.append(run_one(*item, train_fn, out)),
+            bench.write,
+            desc="benchmark",
+            label=lambda item: f"{item[0]} {mode_of(item[2])} seed {item[1]}",
+        )
     return bench
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config without the keys that do not change what is trained."""
-    train = {k: v for k, v in config["train"].items() if k not in ("runs_dir", "progress")}
-    return {**config, "train": train}
-
-
-def finished_run(runs_dir: Path, config: Config) -> Path | None:
-    """A run under `runs_dir` that finished (metrics.json written) with exactly `config`
-    (its place and progress bars aside), or None. Lets an interrupted benchmark, run
-    again with the same --out, keep the runs it already has."""
-    wanted = _comparable(config.to_dict())
-    name = config.train.run_name
-    for metrics in sorted(runs_dir.glob(f"**/{name}*/metrics.json")):
-        run_dir = metrics.parent
-        if run_dir.name != name and not run_dir.name.removeprefix(f"{name}-").isdigit():
-            continue
-        try:
-            saved = load_config(run_dir / "config.yaml").to_dict()
-        except ConfigError:
-            continue
-        if _comparable(saved) == wanted:
-            return run_dir
-    return None
+def mode_of(config: Config) -> str:
+    return "causal" if config.model.causal else "offline"
 
 
 def read_run(model: str, seed: int, run_dir: Path, out: Path) -> RunResult:
@@ -447,11 +334,12 @@ def read_run(model: str, seed: int, run_dir: Path, out: Path) -> RunResult:
 def run_one(
     model: str, seed: int, config: Config, train_fn: Callable[[Config], Path], out: Path
 ) -> RunResult:
-    """Train one run and read its metrics; any failure is re-raised naming model and seed."""
+    """Train one run (or reuse a finished one under ``out/runs``) and read its metrics; any
+    failure is re-raised naming model and seed."""
     log.info("run %s seed %d: %s", model, seed, " ".join(model_overrides(model)))
     start = time.perf_counter()
     try:
-        result = read_run(model, seed, Path(train_fn(config)), out)
+        result = read_run(model, seed, train_or_reuse(config, train_fn, out / "runs"), out)
     except Exception as err:
         log.error("model %s seed %d failed: %s", model, seed, err)
         raise RuntimeError(f"benchmark: model {model!r} (seed {seed}) failed: {err}") from err
@@ -464,21 +352,6 @@ def run_one(
         100 * result.test("accuracy"),
     )
     return result
-
-
-def setup_logging() -> logging.Logger:
-    """Log the package ("corect", training included) to stderr once; return that logger."""
-    package_log = logging.getLogger("corect")
-    if not package_log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        package_log.addHandler(handler)
-        package_log.setLevel(logging.INFO)
-    return package_log
-
-
-def parse_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -543,12 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:22s} {' '.join(overrides)}")
         return 0
     try:
-        if args.seed_list is not None:
-            seeds = [int(s) for s in parse_list(args.seed_list)]
-        else:
-            if args.seeds < 1:
-                raise ConfigError(f"--seeds={args.seeds}: must be at least 1")
-            seeds = list(range(1, args.seeds + 1))
+        seeds = parse_seeds(args.seed_list, args.seeds)
         command = shlex.join(["python", "-m", "corect.benchmark", *(argv or sys.argv[1:])])
         bench = run_benchmark(
             args.config,
@@ -560,9 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             command=command,
             modes=parse_list(args.modes),
         )
-    except (ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as err:
+        return report(err)
     print(bench.table())
     print(f"\nresults: {bench.out_dir / 'results.md'} and {bench.out_dir / 'results.json'}")
     return 0

@@ -8,7 +8,7 @@ Both modes' runs land in the usual runs directory, side by side in TensorBoard::
     runs/<dataset>/<modalities>--<task>--<model>/<name>-<date-time>-seed<k>/
     runs/<dataset>/<modalities>--<task>--<model>-causal/<name>-<date-time>-seed<k>/
 
-Every run's best checkpoint is scored on the test split (:func:`corect.train.predict`, as
+Every run's best checkpoint is scored on the test split (:func:`corect.runs.predict`, as
 ``corect.evaluate`` does) and the comparison is written, atomically and after every run,
 under ``<train.runs_dir>/compare/<name>-<date-time>/``:
 
@@ -39,18 +39,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from corect import plots
-from corect.benchmark import fmt_mean_std, mean_std, parse_list, setup_logging, training_config
 from corect.config import Config, ConfigError, add_overrides_argument
 from corect.data.format import Dataset, DatasetError, SplitData
-from corect.evaluate import load_run
+from corect.errors import INPUT_ERRORS, report
+from corect.experiments import (
+    experiment_log,
+    fmt_mean_std,
+    mean_std,
+    parse_list,
+    parse_seeds,
+    run_plan,
+    train_or_reuse,
+    training_config,
+)
 from corect.io import write_atomic
 from corect.metrics import POSITION_BUCKETS, classification_metrics, weighted_f1_by_position
+from corect.runs import DEFAULT_DEVICE, load_data, load_run, predict, select_device
 from corect.runtime import keep_freed_memory
-from corect.train import load_data, predict, select_device, train
+from corect.training import train
 
 log = logging.getLogger("corect.compare_modes")
 MODES = ("offline", "causal")
@@ -67,7 +75,10 @@ def dialogue_positions(split: SplitData) -> np.ndarray:
 
 
 def score_run(
-    run_dir: str | Path, dataset: Dataset | None = None, split: str = "test", device: str = "auto"
+    run_dir: str | Path,
+    dataset: Dataset | None = None,
+    split: str = "test",
+    device: str = DEFAULT_DEVICE,
 ) -> tuple[Config, Dataset, dict[str, Any]]:
     """Reload a run's best checkpoint and score it on `split`: the metrics of
     :func:`corect.metrics.classification_metrics` plus ``by_position``."""
@@ -343,55 +354,53 @@ def compare(
         base = plan[0][1]
     out = Path(out_dir) if out_dir else Path(base.train.runs_dir) / "compare" / f"{name}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
-    package_log = setup_logging()
-    handler = logging.FileHandler(out / "compare.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    package_log.addHandler(handler)
-    try:
+    with experiment_log(out / "compare.log"):
         dataset = load_data(base)
         if split not in dataset.splits:
             raise DatasetError(f"split {split!r} not in dataset {dataset.path}")
         comparison = Comparison(name, out, list(dataset.labels), len(plan), split, command=command)
         configs: dict[str, Config] = {}
-        with logging_redirect_tqdm([package_log]):
-            log.info("compare %s: %d runs -> %s", name, len(plan), out)
-            progress = tqdm(plan, desc="compare", unit="run", dynamic_ncols=True)
-            for mode, item in progress:
-                if isinstance(item, Config):
-                    progress.set_postfix_str(f"{mode} seed {item.train.seed}")
-                    log.info("training %s, seed %d", mode, item.train.seed)
-                    run_dir = train(item)
-                else:
-                    run_dir = item
-                config, _, metrics = score_run(run_dir, dataset, split)
-                expected = mode == "causal"
-                if config.model.causal != expected:
-                    raise ConfigError(
-                        f"{run_dir}: model.causal={config.model.causal}, but it was given as "
-                        f"{'a causal' if expected else 'an offline'} run"
-                    )
-                configs[str(run_dir)] = config
-                check_comparable(configs)
-                comparison.runs.append(ModeRun(mode, config.train.seed, str(run_dir), metrics))
-                log.info(
-                    "%s seed %d: %s acc %.2f wF1 %.2f mF1 %.2f  (%s)",
-                    mode,
-                    config.train.seed,
-                    split,
-                    100 * metrics["accuracy"],
-                    100 * metrics["weighted_f1"],
-                    100 * metrics["macro_f1"],
-                    run_dir,
+
+        def run(item: tuple[str, Config | Path]) -> None:
+            mode, given = item
+            if isinstance(given, Config):
+                log.info("training %s, seed %d", mode, given.train.seed)
+                runs_dir = Path(given.train.runs_dir) / dataset.name
+                run_dir = train_or_reuse(given, train, runs_dir)
+            else:
+                run_dir = given
+            config, _, metrics = score_run(run_dir, dataset, split)
+            expected = mode == "causal"
+            if config.model.causal != expected:
+                raise ConfigError(
+                    f"{run_dir}: model.causal={config.model.causal}, but it was given as "
+                    f"{'a causal' if expected else 'an offline'} run"
                 )
-                comparison.description = describe(
-                    base, dataset, sorted({r.seed for r in comparison.runs}), split
-                )
-                comparison.write(complete=False)
-        comparison.write(complete=True)
-    finally:
-        package_log.removeHandler(handler)
-        handler.close()
+            configs[str(run_dir)] = config
+            check_comparable(configs)
+            comparison.runs.append(ModeRun(mode, config.train.seed, str(run_dir), metrics))
+            log.info(
+                "%s seed %d: %s acc %.2f wF1 %.2f mF1 %.2f  (%s)",
+                mode,
+                config.train.seed,
+                split,
+                100 * metrics["accuracy"],
+                100 * metrics["weighted_f1"],
+                100 * metrics["macro_f1"],
+                run_dir,
+            )
+            comparison.description = describe(
+                base, dataset, sorted({r.seed for r in comparison.runs}), split
+            )
+
+        log.info("compare %s: %d runs -> %s", name, len(plan), out)
+        run_plan(plan, run, comparison.write, desc="compare", label=plan_label)
     return comparison
+
+
+def plan_label(item: tuple[str, Config | Path]) -> str:
+    mode, given = item
+    return f"{mode} seed {given.train.seed}" if isinstance(given, Config) else f"{mode} {given}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -456,12 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()
     try:
-        if args.seed_list is not None:
-            seeds = [int(s) for s in parse_list(args.seed_list)]
-        elif args.seeds < 1:
-            raise ConfigError(f"--seeds={args.seeds}: must be at least 1")
-        else:
-            seeds = list(range(1, args.seeds + 1))
+        seeds = parse_seeds(args.seed_list, args.seeds)
         command = shlex.join(["python", "-m", "corect.compare_modes", *(argv or sys.argv[1:])])
         comparison = compare(
             args.config,
@@ -474,9 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             split=args.split,
             command=command,
         )
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as err:
+        return report(err)
     print(comparison.markdown(complete=True))
     print(comparison.out_dir / "results.md")
     return 0

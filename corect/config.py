@@ -17,22 +17,11 @@ from typing import Any, get_type_hints
 import yaml
 
 from corect.errors import InputError
+from corect.registry import FUSION_NAMES, MODEL_NAMES
 
 MODALITIES = ("t", "a", "v")
 ENCODER_KINDS = ("mlp", "transformer", "lstm")
 EDGE_TYPES = ("temp", "multi", "temp_multi")
-MODEL_NAMES = (
-    "corect",
-    "early",
-    "late",
-    "gated",
-    "tensor",
-    "lowrank",
-    "xattn",
-    "attnpool",
-    "moe",
-    "context",
-)
 
 
 class ConfigError(InputError):
@@ -155,7 +144,7 @@ class Config:
         m = self.model
         if m.name not in MODEL_NAMES:
             raise ConfigError(f"model.name={m.name!r}: choose one of {', '.join(MODEL_NAMES)}")
-        if m.fusion not in MODEL_NAMES or m.fusion in ("corect", "context"):
+        if m.fusion not in FUSION_NAMES:
             raise ConfigError(f"model.fusion={m.fusion!r}: choose a fusion baseline name")
         for mod in mods:
             kind = m.encoders.get(mod)

@@ -4,7 +4,7 @@ Reloads the run's checkpoint (``torch.load(weights_only=True)``: no unpickling o
 and its dataset, prints accuracy, weighted/macro F1 and a per-class table, and writes
 ``RUN_DIR/eval-<split>.json`` and the confusion matrix ``RUN_DIR/confusion-<split>.png``
 (as ``corect.train`` draws it). The scores equal the ones in ``metrics.json``, since both
-come from :func:`corect.train.evaluate_split` on the same checkpoint.
+come from :func:`corect.runs.evaluate_split` on the same checkpoint.
 """
 
 from __future__ import annotations
@@ -14,35 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from corect import plots
-from corect.config import Config, ConfigError, config_from_dict
 from corect.data.format import Dataset, DatasetError
+from corect.errors import INPUT_ERRORS, report
 from corect.io import write_json_atomic
-from corect.train import (
-    CHECKPOINT,
-    evaluate_split,
-    load_data,
-    select_device,
-)
-
-
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Config, nn.Module, dict[str, Any]]:
-    """The config, the model with the best weights (eval mode) and the raw checkpoint."""
-    from corect.models import build_model
-
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint; is {run_dir} a corect run directory?")
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    config = config_from_dict(checkpoint["config"])
-    model = build_model(
-        config.model, checkpoint["dims"], len(checkpoint["labels"]), checkpoint["num_speakers"]
-    )
-    model.load_state_dict(checkpoint["state_dict"])
-    return config, model.to(device).eval(), checkpoint
+from corect.runs import DEFAULT_DEVICE, evaluate_split, load_data, load_run, select_device
 
 
 def format_report(metrics: dict[str, Any], title: str) -> str:
@@ -61,7 +37,10 @@ def format_report(metrics: dict[str, Any], title: str) -> str:
 
 
 def evaluate_run(
-    run_dir: str | Path, split: str = "test", device: str = "auto", dataset: Dataset | None = None
+    run_dir: str | Path,
+    split: str = "test",
+    device: str = DEFAULT_DEVICE,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Metrics of a run's best checkpoint on `split` (also written to eval-<split>.json),
     and its confusion matrix drawn to confusion-<split>.png."""
@@ -85,7 +64,7 @@ def evaluate_run(
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m corect.evaluate",
         description="Reload a run's best checkpoint, score it on a split, print a report and "
@@ -93,15 +72,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--run", required=True, help="run directory printed by corect.train")
     parser.add_argument("--split", default="test", choices=["test", "dev", "train"])
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="auto | cpu | cuda")
     args = parser.parse_args(argv)
     try:
         metrics = evaluate_run(args.run, args.split, args.device)
-    except (ConfigError, DatasetError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    except INPUT_ERRORS as err:
+        return report(err)
     print(format_report(metrics, f"{args.run} ({args.split})"))
     print(Path(args.run) / f"eval-{args.split}.json")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

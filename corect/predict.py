@@ -25,122 +25,20 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-import torch
-
-from corect.config import Config
-from corect.data.format import DialogueRecord, SplitData, party_indices
-from corect.errors import InputError
-from corect.evaluate import load_run
+from corect.errors import INPUT_ERRORS, report
+from corect.inputs import check_speakers, split_from_records, text_encoder_for_run
 from corect.io import write_atomic
 from corect.metrics import classification_metrics
-from corect.train import predict, select_device
-
-if TYPE_CHECKING:
-    from corect.data.text_encoder import TextEncoder
-
-
-class PredictError(InputError):
-    """The input does not fit the run (missing modality, wrong size, unknown text model)."""
-
-
-def dataset_text_features(config: Config) -> dict[str, Any] | None:
-    """What the run's dataset manifest says about its text features (``text_features``,
-    written by the converters), or None when it says nothing or cannot be read."""
-    if not config.data.path:
-        return None
-    manifest = Path(config.data.path) / "manifest.json"
-    try:
-        return json.loads(manifest.read_text()).get("text_features")
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def text_encoder_for_run(
-    config: Config, dim: int, text_model: str | Path | None = None, cache: bool = True
-) -> TextEncoder:
-    """The text encoder with the model the run's text features were made with.
-
-    `text_model` overrides the model directory (needed when the run's dataset is not on
-    this machine). Fails with :class:`PredictError` when the run's text features did not
-    come from this encoder, or the model differs from the one recorded in the manifest."""
-    from corect.data.text_encoder import DEFAULT_CACHE_DIR, TextEncoder
-
-    info = dataset_text_features(config)
-    if info is None and text_model is None:
-        where = config.data.path or "the embedded synthetic dataset"
-        raise PredictError(
-            f"the run was trained on {where}, whose text features were not made by "
-            "corect's text encoder (its manifest has no 'text_features'), so texts cannot "
-            "be encoded the same way: give features.text for every utterance (or "
-            "--text-model DIR if you know the model)"
-        )
-    model_dir = text_model or (info or {}).get("model")
-    if model_dir is not None and not Path(model_dir).is_dir():
-        model_dir = None  # recorded on another machine: fall back to the bundled model
-    encoder = TextEncoder(model_dir, cache_dir=DEFAULT_CACHE_DIR if cache else None, progress=False)
-    if info is not None and info.get("identity") not in (None, encoder.identity):
-        raise PredictError(
-            f"text model {encoder.model_dir} (identity {encoder.identity}) is not the one the "
-            f"run's text features were made with ({info.get('model')}, identity "
-            f"{info.get('identity')}); pass that model with --text-model"
-        )
-    if encoder.dim != dim:
-        raise PredictError(f"text model gives {encoder.dim}-d features, the run expects {dim}")
-    return encoder
-
-
-def split_from_records(records: Sequence[DialogueRecord], dims: dict[str, int]) -> SplitData:
-    """An in-memory split of `records` with the modalities of `dims` (sizes checked).
-    Speakers become per-dialogue party ids in order of first appearance, as when loading."""
-    features = {}
-    for m, dim in dims.items():
-        for r in records:
-            shape = np.shape(r.features.get(m, ()))
-            if m not in r.features or shape != (len(r.speakers), dim):
-                got = f"shape {shape}" if m in r.features else "nothing"
-                raise PredictError(
-                    f"dialogue {r.id!r}: modality {m} needs [{len(r.speakers)}, {dim}] "
-                    f"features, got {got}"
-                )
-        features[m] = torch.from_numpy(
-            np.concatenate([np.asarray(r.features[m], dtype=np.float32) for r in records])
-        )
-    lengths = torch.tensor([len(r.speakers) for r in records])
-    offsets = torch.cat((torch.zeros(1, dtype=torch.long), lengths.cumsum(0)))
-    names: dict[str, int] = {}
-    speakers = torch.tensor([names.setdefault(s, len(names)) for r in records for s in r.speakers])
-    return SplitData(
-        [r.id for r in records],
-        offsets,
-        features,
-        torch.tensor([label for r in records for label in r.labels], dtype=torch.long),
-        speakers,
-        party_indices(speakers, offsets),
-        [r.texts or [] for r in records],
-    )
-
-
-def check_speakers(split: SplitData, num_speakers: int, use_speaker: bool) -> None:
-    """A dialogue with more parties than the model has speaker slots fails clearly."""
-    if not use_speaker or split.num_utterances == 0:
-        return
-    for d in range(split.num_dialogues):
-        parties = int(split.parties[split.offsets[d] : split.offsets[d + 1]].max()) + 1
-        if parties > num_speakers:
-            raise PredictError(
-                f"dialogue {split.dialogue_ids[d]!r} has {parties} speakers; the model was "
-                f"trained for at most {num_speakers}"
-            )
+from corect.runs import DEFAULT_DEVICE, load_run, predict, select_device
 
 
 def predict_file(
     run_dir: str | Path,
     input_path: str | Path,
     *,
-    device: str = "auto",
+    device: str = DEFAULT_DEVICE,
     text_model: str | Path | None = None,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
@@ -234,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", default=None, help="write JSONL here (one line per dialogue) instead of a table"
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="auto | cpu | cuda")
     parser.add_argument(
         "--text-model",
         default=None,
@@ -243,12 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="dialogues per batch")
     return parser
-
-
-def input_errors() -> tuple[type[Exception], ...]:
-    """The errors that mean bad input (config, run, dialogues, text model): reported in one
-    line, without a traceback, by the commands that read dialogues."""
-    return (InputError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,9 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             text_model=args.text_model,
             batch_size=args.batch_size,
         )
-    except input_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as err:
+        return report(err)
     if args.output:
         lines = [json.dumps(d, ensure_ascii=False) for d in result["dialogues"]]
         write_atomic(Path(args.output), "\n".join(lines) + "\n")

@@ -5,7 +5,8 @@ dialogues, about 5,000 training utterances, dims t 384 / a 100 / v 512) with the
 published sizes (batch 10, hidden 100, wp 11, wf 5, 7 graph heads):
 
 - graph construction time per batch of 10 dialogues (mean and max over an epoch);
-- seconds per training epoch (forward, backward, optimizer step; no evaluation);
+- seconds per training epoch: the training loop's own step (:func:`corect.runs.train_step`:
+  modality dropout, autocast, loss, backward, clipping, optimizer step; no evaluation);
 - training and inference throughput in utterances per second.
 
 Results are printed as a table and written to ``runs/speed/<date-time>.json``. Use a
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -25,16 +27,20 @@ from torch import nn
 
 from corect.config import add_overrides_argument, load_config
 from corect.data.batching import iterate_batches
+from corect.errors import INPUT_ERRORS, report
 from corect.graph import build_graph
 from corect.io import write_json_atomic
-from corect.runtime import keep_freed_memory
-from corect.train import (
+from corect.runs import (
+    DEFAULT_DEVICE,
     build_optimizer,
+    grad_scaler,
     load_data,
     model_for,
     predict,
     select_device,
+    train_step,
 )
+from corect.runtime import keep_freed_memory
 
 
 def time_graph(
@@ -64,6 +70,8 @@ def measure(modalities: str, epochs: int, device_name: str, overrides: list[str]
     graph_mean, graph_max = time_graph(
         [b.lengths_cpu for b in batches], len(modalities), config.model.wp, config.model.wf
     )
+    scaler = grad_scaler(config, device)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
     epoch_times = []
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs + 1):  # the first epoch warms up and is not counted
@@ -76,11 +84,7 @@ def measure(modalities: str, epochs: int, device_name: str, overrides: list[str]
             generator=generator,
             bucket_by_length=config.train.bucket_by_length,
         ):
-            batch = batch.to(device)
-            loss = nn.functional.cross_entropy(model(batch), batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, batch, config, optimizer, scaler, loss_fn, generator, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_times.append(time.perf_counter() - start)
@@ -103,7 +107,7 @@ def measure(modalities: str, epochs: int, device_name: str, overrides: list[str]
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m corect.speed",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--modalities", default="tav,t", help="comma-separated modality sets")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     add_overrides_argument(parser, "config overrides, e.g. model.gnn_heads=4")
     parser.add_argument("--out", default="runs/speed", help="directory for the JSON result")
@@ -119,9 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = [
-        measure(m, args.epochs, args.device, args.overrides) for m in args.modalities.split(",")
-    ]
+    try:
+        results = [
+            measure(m, args.epochs, args.device, args.overrides) for m in args.modalities.split(",")
+        ]
+    except INPUT_ERRORS as err:
+        return report(err)
     header = (
         "| modalities | train utts | graph ms/batch (mean/max) | s/epoch | "
         "train utt/s | infer utt/s | params |\n|---|---|---|---|---|---|---|"
@@ -150,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     print(table)
     print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -50,15 +50,16 @@ from corect import plots
 from corect.config import Config, ConfigError, add_overrides_argument, load_config
 from corect.data.batching import collate
 from corect.data.format import DialogueRecord
-from corect.evaluate import load_run
+from corect.errors import INPUT_ERRORS, report
 from corect.graph import build_graph
+from corect.inputs import PredictError, split_from_records, text_encoder_for_run
 from corect.io import write_atomic, write_json_atomic
 from corect.models import build_model
 from corect.models.attention import AttentionStack, attention_mask, sinusoidal_positions
 from corect.models.corect import CORECT
 from corect.models.encoders import LSTMEncoder, MLPEncoder, TransformerEncoder, UtteranceEncoder
 from corect.models.fusion import DialogueContext, FusionModel
-from corect.predict import PredictError, input_errors, split_from_records, text_encoder_for_run
+from corect.runs import DEFAULT_DEVICE, load_run, select_device
 
 if TYPE_CHECKING:
     from corect.data.text_encoder import TextEncoder
@@ -653,7 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default %(default)s)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu | cuda (default %(default)s)")
+    parser.add_argument(
+        "--device", default=DEFAULT_DEVICE, help="auto | cpu | cuda (default %(default)s)"
+    )
     parser.add_argument("--text-model", default=None, help="local text model directory")
     return parser
 
@@ -662,9 +665,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
+        device = str(select_device(args.device))
         if args.bench:
             positions = [int(p) for p in args.positions.split(",") if p.strip()]
-            recognizer, what = bench_recognizer(args.run, args.overrides, args.device)
+            recognizer, what = bench_recognizer(args.run, args.overrides, device)
             rows = bench(recognizer, positions, args.dialogues, args.span, args.recompute)
             print(format_bench(rows, what))
             if not recognizer.bounded:
@@ -680,11 +684,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not (args.run and args.input):
             raise ConfigError("give --run and --input, or --bench")
-        recognizer = StreamingRecognizer.from_run(args.run, args.device, args.text_model)
+        recognizer = StreamingRecognizer.from_run(args.run, device, args.text_model)
         results = stream_file(recognizer, args.input)
-    except input_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as err:
+        return report(err)
     if args.output:
         lines = [json.dumps(d, ensure_ascii=False) for d in results]
         write_atomic(args.output, "\n".join(lines) + "\n")

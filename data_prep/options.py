@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from corect.errors import InputError
+from corect.errors import INPUT_ERRORS, InputError, report
 
 if TYPE_CHECKING:
     from corect.data.text_encoder import TextEncoder
@@ -145,7 +144,6 @@ def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | 
     """Run a converter's main; expected errors become one clear line and exit status 2."""
     try:
         main(argv)
-    except (InputError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as err:
+        return report(err)
     return 0

@@ -11,8 +11,9 @@ import torch
 from corect.config import config_from_dict
 from corect.data.batching import collate
 from corect.data.format import DialogueRecord
-from corect.evaluate import load_run
-from corect.predict import PredictError, main, predict_file, split_from_records
+from corect.inputs import PredictError, split_from_records
+from corect.predict import main, predict_file
+from corect.runs import load_run
 from corect.train import train
 from tests.conftest import TINY_DIMS
 

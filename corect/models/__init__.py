@@ -1,4 +1,5 @@
-"""Models. :func:`build_model` is the one place that maps a config name to a class.
+"""Models. :func:`build_model` is the one place that maps a config name (the registry,
+:mod:`corect.registry`) to a class.
 
 Every model takes a :class:`corect.data.batching.Batch` and returns logits
 ``[N, classes]`` for the batch's N real utterances, dialogue after dialogue.
@@ -9,8 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from corect.config import ModelConfig
+from corect.config import ConfigError, ModelConfig
 from corect.models.corect import CORECT
+from corect.registry import FUSION_NAMES, MODEL_NAMES
 
 
 def build_model(
@@ -27,10 +29,12 @@ def build_model(
     state dict instead."""
     if config.name == "corect":
         model = CORECT(config, dims, num_classes, num_speakers)
-    else:
+    elif config.name in (*FUSION_NAMES, "context"):
         from corect.models.fusion import build_fusion_model
 
         model = build_fusion_model(config, dims, num_classes, num_speakers)
+    else:
+        raise ConfigError(f"model.name={config.name!r}: choose one of {', '.join(MODEL_NAMES)}")
     if input_statistics is not None:
         model.encoder.set_input_statistics(input_statistics)
     return model

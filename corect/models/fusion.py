@@ -25,6 +25,7 @@ from corect.config import ModelConfig
 from corect.data.batching import Batch
 from corect.models.attention import AttentionStack
 from corect.models.encoders import ClassifierHead, UtteranceEncoder
+from corect.registry import FUSION_NAMES
 
 # Defaults for settings that have no config field (yet).
 TENSOR_DIM = 16  # `tensor`: each modality is projected to this size before the outer product
@@ -366,9 +367,6 @@ class MixtureOfExpertsFusion(Fusion):
         experts = [f(x[:, m]) for m, f in enumerate(self.modality_experts)]
         experts.append(self.fused_expert(x.flatten(1)))
         return (self.routing(x).unsqueeze(-1) * torch.stack(experts, dim=1)).sum(1)
-
-
-FUSION_NAMES = ("early", "late", "gated", "tensor", "lowrank", "xattn", "attnpool", "moe")
 
 
 def build_fusion(name: str, modalities: str, config: ModelConfig) -> Fusion:

@@ -1,0 +1,176 @@
+"""Runs: the library layer every command stands on.
+
+Choosing the device, loading a run's data, building the model for a dataset, mixed
+precision, one training step, saving and loading a checkpoint, predicting and scoring a
+split. The commands (``train``, ``evaluate``, ``predict``, ``stream``, ``speed``,
+``benchmark``, ``compare_modes``) import from here and never from each other.
+
+A checkpoint (``RUN_DIR/checkpoint.pt``) holds plain types only (state dict, config,
+label names, dims, ...), so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from corect.config import Config, ConfigError, config_from_dict
+from corect.data.batching import Batch, drop_modalities, iterate_batches
+from corect.data.format import Dataset, DatasetError, SplitData, load_dataset
+from corect.data.synthetic import ensure_synthetic_dataset
+from corect.io import atomic_target
+from corect.metrics import classification_metrics
+from corect.models import build_model
+
+CHECKPOINT = "checkpoint.pt"
+DEFAULT_DEVICE = "auto"
+
+
+def select_device(name: str = DEFAULT_DEVICE) -> torch.device:
+    """``auto`` = CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """Mixed precision on CUDA (bfloat16 where supported, else float16); off on CPU."""
+    use = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=use)
+
+
+def load_data(config: Config) -> Dataset:
+    """The dataset named by ``config.data`` (the synthetic default when no path is set),
+    restricted to ``config.data.modalities``."""
+    path = config.data.path or ensure_synthetic_dataset(
+        config.data.synthetic, config.data.cache_dir
+    )
+    dataset = load_dataset(path, config.data.modalities)
+    for split in ("train", "dev", "test"):
+        if split not in dataset.splits or dataset.splits[split].num_dialogues == 0:
+            raise DatasetError(f"{path}: split {split!r} is missing or empty")
+    return dataset
+
+
+def model_for(config: Config, dataset: Dataset) -> nn.Module:
+    """The configured model for `dataset`, its inputs standardised with train statistics."""
+    num_speakers = config.model.num_speakers or dataset.max_parties
+    statistics = dataset.splits["train"].feature_statistics()
+    return build_model(config.model, dataset.dims, dataset.num_classes, num_speakers, statistics)
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam or AdamW as ``config.train`` says, with the fused (one kernel for all
+    parameters) implementation: same update, several times faster on CPU."""
+    cfg = config.train
+    optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    params = list(model.parameters())
+    fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
+    return optimizer_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def grad_scaler(config: Config, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for float16 autocast on CUDA; a no-op otherwise."""
+    use_amp = config.train.amp and device.type == "cuda"
+    return torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+
+
+def train_step(
+    model: nn.Module,
+    batch: Batch,
+    config: Config,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_fn: nn.Module,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step on `batch`: modality dropout, forward under autocast, loss,
+    backward (scaled), gradient clipping, optimizer step. Returns (loss, logits, labels)
+    of the batch as it was fed (on `device`)."""
+    cfg = config.train
+    batch = drop_modalities(batch, cfg.modality_dropout, generator).to(device)
+    with autocast(device, cfg.amp):
+        logits = model(batch)
+        loss = loss_fn(logits.float(), batch.labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits, batch.labels
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, split: SplitData, batch_size: int, device: torch.device, amp: bool = True
+) -> torch.Tensor:
+    """Logits [N, classes] for every utterance of `split`, in split order (eval mode)."""
+    model.eval()
+    outputs = []
+    for batch in iterate_batches(split, batch_size):
+        with autocast(device, amp):
+            outputs.append(model(batch.to(device)).float().cpu())
+    return torch.cat(outputs)
+
+
+def evaluate_split(
+    model: nn.Module,
+    split: SplitData,
+    labels: list[str],
+    batch_size: int,
+    device: torch.device,
+    amp: bool = True,
+) -> tuple[dict[str, Any], float]:
+    """Metrics and mean cross-entropy of `model` on `split`."""
+    logits = predict(model, split, batch_size, device, amp)
+    keep = split.labels >= 0
+    loss = nn.functional.cross_entropy(logits[keep], split.labels[keep]).item()
+    metrics = classification_metrics(split.labels.numpy(), logits.argmax(1).numpy(), labels)
+    return metrics, loss
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, config: Config, dataset: Dataset, epoch: int
+) -> None:
+    """State dict + config + label names; plain types only, so it loads with
+    ``torch.load(path, weights_only=True)``. Written atomically."""
+    checkpoint = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config.to_dict(),
+        "labels": list(dataset.labels),
+        "dims": dict(dataset.dims),
+        "num_speakers": config.model.num_speakers or dataset.max_parties,
+        "dataset": dataset.name,
+        "task": dataset.task,
+        "epoch": epoch,
+    }
+    with atomic_target(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint of a run (``weights_only``: no code is unpickled)."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint; is {run_dir} a corect run directory?")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Config, nn.Module, dict[str, Any]]:
+    """The config, the model with the best weights (eval mode) and the raw checkpoint."""
+    checkpoint = load_checkpoint(run_dir, device)
+    config = config_from_dict(checkpoint["config"])
+    model = build_model(
+        config.model, checkpoint["dims"], len(checkpoint["labels"]), checkpoint["num_speakers"]
+    )
+    model.load_state_dict(checkpoint["state_dict"])
+    return config, model.to(device).eval(), checkpoint

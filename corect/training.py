@@ -1,0 +1,309 @@
+"""Training one run (the loop behind ``python -m corect.train``, ``benchmark`` and
+``compare_modes``).
+
+Reads top to bottom: load the config and data, build the model, then for each epoch
+train (:func:`corect.runs.train_step`), score dev, step the scheduler, keep the best
+checkpoint by dev weighted F1, stop early when dev stops improving; finally reload the
+best checkpoint, score dev and test, and write everything into a run directory::
+
+    runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>/
+        config.yaml      the resolved config
+        checkpoint.pt    best state dict + config + label names (torch.load weights_only)
+        metrics.json     dev and test metrics, best epoch, time per epoch
+        confusion-dev.png, confusion-test.png   labelled confusion matrices (corect.plots)
+        events.*         TensorBoard (tensorboard --logdir runs)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from corect.config import Config, save_config
+from corect.data.batching import iterate_batches, num_batches
+from corect.data.format import Dataset, SplitData
+from corect.io import write_json_atomic
+from corect.metrics import classification_metrics
+from corect.runs import (
+    CHECKPOINT,
+    build_optimizer,
+    evaluate_split,
+    grad_scaler,
+    load_checkpoint,
+    load_data,
+    model_for,
+    save_checkpoint,
+    select_device,
+    train_step,
+)
+
+log = logging.getLogger("corect")
+
+
+def setup_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return the generator that orders the batches."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def run_directory(config: Config, dataset: Dataset) -> Path:
+    """``runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>``."""
+    model = config.model.name + ("-causal" if config.model.causal else "")
+    group = (
+        Path(config.train.runs_dir)
+        / dataset.name
+        / (f"{config.data.modalities}--{dataset.task}--{model}")
+    )
+    name = config.train.run_name or (
+        f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-seed{config.train.seed}"
+    )
+    path, k = group / name, 1
+    while path.exists():
+        path, k = group / f"{name}-{k}", k + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def class_weights(split: SplitData, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights, normalised to mean 1."""
+    counts = torch.bincount(split.labels[split.labels >= 0], minlength=num_classes).float()
+    weights = counts.sum() / (num_classes * counts.clamp(min=1))
+    return weights / weights.mean()
+
+
+def log_confusion(
+    writer: Any,
+    run_dir: Path,
+    config: Config,
+    dataset: Dataset,
+    split: str,
+    metrics: dict[str, Any],
+    step: int,
+) -> None:
+    """The confusion matrix of `split` as a labelled figure (TensorBoard image
+    ``confusion/<split>`` and ``run_dir/confusion-<split>.png``; a failure to draw only
+    logs a warning) and as a Markdown table."""
+    from corect import plots
+
+    confusion, labels = metrics["confusion"], dataset.labels
+    title = plots.run_title(dataset.name, config.model.name, config.model.causal, split)
+    png = None
+    if config.train.figures:
+        png = plots.save_confusion(run_dir, split, confusion, labels, title)
+    if png is not None:
+        with plots.never_fatal(f"the {split} confusion matrix in TensorBoard"):
+            writer.add_image(f"confusion/{split}", plots.png_pixels(png), step, dataformats="HWC")
+    header = "| true \\ pred | " + " | ".join(labels) + " |\n|" + "---|" * (len(labels) + 1)
+    body = "\n".join(
+        f"| {labels[i]} | " + " | ".join(str(int(x)) for x in row) + " |"
+        for i, row in enumerate(confusion)
+    )
+    writer.add_text(f"confusion/{split}", header + "\n" + body, step)
+
+
+def train(config: Config) -> Path:
+    """Train one model as described by `config`; return its run directory."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    setup_logging()
+    generator = seed_everything(config.train.seed)
+    device = select_device(config.train.device)
+    dataset = load_data(config)
+    train_split, dev_split, test_split = (dataset.splits[s] for s in ("train", "dev", "test"))
+    model = model_for(config, dataset).to(device)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    run_dir = run_directory(config, dataset)
+    save_config(config, run_dir / "config.yaml")
+    log.info(
+        "%s on %s (%s, %d classes): %d train / %d dev / %d test dialogues, %s parameters, "
+        "device %s -> %s",
+        config.model.name,
+        dataset.name,
+        config.data.modalities,
+        dataset.num_classes,
+        train_split.num_dialogues,
+        dev_split.num_dialogues,
+        test_split.num_dialogues,
+        f"{num_parameters:,}",
+        device,
+        run_dir,
+    )
+
+    cfg = config.train
+    optimizer = build_optimizer(config, model)
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience
+        )
+        if cfg.scheduler_patience >= 0
+        else None
+    )
+    weight = (
+        class_weights(train_split, dataset.num_classes).to(device) if cfg.class_weights else None
+    )
+    loss_fn = nn.CrossEntropyLoss(weight=weight, ignore_index=-1)
+    scaler = grad_scaler(config, device)
+    writer = SummaryWriter(log_dir=str(run_dir))
+
+    best_f1, best_epoch, epoch_times = -1.0, 0, []
+    checkpoint = run_dir / CHECKPOINT
+    for epoch in range(1, cfg.epochs + 1):
+        # --- train one epoch ---
+        model.train()
+        start = time.perf_counter()
+        total_loss, total_count, predictions, targets = 0.0, 0, [], []
+        batches = iterate_batches(
+            train_split,
+            cfg.batch_size,
+            shuffle=True,
+            generator=generator,
+            bucket_by_length=cfg.bucket_by_length,
+        )
+        bar = tqdm(
+            batches,
+            total=num_batches(train_split, cfg.batch_size),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            disable=not cfg.progress,
+        )
+        for batch in bar:
+            loss, logits, labels = train_step(
+                model, batch, config, optimizer, scaler, loss_fn, generator, device
+            )
+            count = int((labels >= 0).sum())
+            total_loss += loss.item() * count
+            total_count += count
+            predictions.append(logits.argmax(1).cpu())
+            targets.append(labels.cpu())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        epoch_times.append(time.perf_counter() - start)
+        train_metrics = classification_metrics(
+            torch.cat(targets).numpy(), torch.cat(predictions).numpy(), dataset.labels
+        )
+        train_loss = total_loss / max(total_count, 1)
+
+        # --- score dev, schedule, select ---
+        dev_metrics, dev_loss = evaluate_split(
+            model, dev_split, dataset.labels, cfg.batch_size, device, cfg.amp
+        )
+        if scheduler is not None:
+            scheduler.step(dev_loss)
+        lr = optimizer.param_groups[0]["lr"]
+        improved = dev_metrics["weighted_f1"] > best_f1
+        if improved:
+            best_f1, best_epoch = dev_metrics["weighted_f1"], epoch
+            save_checkpoint(checkpoint, model, config, dataset, epoch)
+        log.info(
+            "epoch %3d  train loss %.4f acc %.4f wF1 %.4f | dev loss %.4f acc %.4f wF1 %.4f "
+            "mF1 %.4f | lr %.2e | %.1fs%s",
+            epoch,
+            train_loss,
+            train_metrics["accuracy"],
+            train_metrics["weighted_f1"],
+            dev_loss,
+            dev_metrics["accuracy"],
+            dev_metrics["weighted_f1"],
+            dev_metrics["macro_f1"],
+            lr,
+            epoch_times[-1],
+            "  *best" if improved else "",
+        )
+        for split_name, metrics, loss_value in (
+            ("train", train_metrics, train_loss),
+            ("dev", dev_metrics, dev_loss),
+        ):
+            writer.add_scalar(f"loss/{split_name}", loss_value, epoch)
+            writer.add_scalar(f"accuracy/{split_name}", metrics["accuracy"], epoch)
+            writer.add_scalar(f"weighted_f1/{split_name}", metrics["weighted_f1"], epoch)
+            writer.add_scalar(f"macro_f1/{split_name}", metrics["macro_f1"], epoch)
+        for label, value in dev_metrics["per_class_f1"].items():
+            writer.add_scalar(f"class_f1_dev/{label}", value, epoch)
+        writer.add_scalar("lr", lr, epoch)
+        if cfg.early_stopping and epoch - best_epoch >= cfg.early_stopping:
+            log.info("early stop: no dev weighted-F1 gain for %d epochs", cfg.early_stopping)
+            break
+
+    # --- reload the best checkpoint and score it exactly as corect.evaluate does ---
+    model.load_state_dict(load_checkpoint(run_dir, device)["state_dict"])
+    dev_metrics, dev_loss = evaluate_split(
+        model, dev_split, dataset.labels, cfg.batch_size, device, cfg.amp
+    )
+    test_metrics, test_loss = evaluate_split(
+        model, test_split, dataset.labels, cfg.batch_size, device, cfg.amp
+    )
+    dev_metrics["loss"], test_metrics["loss"] = dev_loss, test_loss
+    results = {
+        "dataset": dataset.name,
+        "task": dataset.task,
+        "modalities": config.data.modalities,
+        "model": config.model.name,
+        "causal": config.model.causal,
+        "seed": cfg.seed,
+        "labels": dataset.labels,
+        "best_epoch": best_epoch,
+        "epochs_run": len(epoch_times),
+        "seconds_per_epoch": float(np.mean(epoch_times)),
+        "train_seconds": float(np.sum(epoch_times)),
+        "num_parameters": num_parameters,
+        "device": str(device),
+        "dev": dev_metrics,
+        "test": test_metrics,
+    }
+    write_json_atomic(run_dir / "metrics.json", results)
+    for split_name, metrics in (("dev", dev_metrics), ("test", test_metrics)):
+        log_confusion(writer, run_dir, config, dataset, split_name, metrics, best_epoch)
+    for label, value in test_metrics["per_class_f1"].items():
+        writer.add_scalar(f"class_f1_test/{label}", value, best_epoch)
+    hparams = {
+        "model": config.model.name,
+        "modalities": config.data.modalities,
+        "causal": config.model.causal,
+        "hidden_size": config.model.hidden_size,
+        "wp": config.model.wp,
+        "wf": config.model.wf,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "dropout": config.model.dropout,
+    }
+    writer.add_hparams(
+        hparams,
+        {
+            "hparam/test_weighted_f1": test_metrics["weighted_f1"],
+            "hparam/test_accuracy": test_metrics["accuracy"],
+            "hparam/dev_weighted_f1": dev_metrics["weighted_f1"],
+            "hparam/best_epoch": best_epoch,
+        },
+        run_name=".",
+    )
+    writer.close()
+    log.info(
+        "best epoch %d: dev wF1 %.4f | test acc %.4f wF1 %.4f mF1 %.4f | %.2fs/epoch",
+        best_epoch,
+        dev_metrics["weighted_f1"],
+        test_metrics["accuracy"],
+        test_metrics["weighted_f1"],
+        test_metrics["macro_f1"],
+        results["seconds_per_epoch"],
+    )
+    return run_dir
