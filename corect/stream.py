@@ -12,14 +12,16 @@ model's on the same dialogue (``tests/test_stream.py``).
 **How the cost stays bounded.** In causal mode every layer's output at utterance i
 depends only on the previous layer's outputs at utterances ``[i - wp, i]`` (attention
 blocks, graph layers), or on utterance i alone (MLP encoders, cross-modal edges, the
-head), and past outputs never change. So the recognizer keeps, per layer, the last
-``wp + 1`` outputs, runs each layer on that window only and appends the new output. A
-push costs the same at utterance 200 as at utterance 20. Recurrent parts (LSTM encoders,
-the GRU of ``context``) carry their hidden state, O(1) per push. With ``wp = -1`` (whole
-past) the windows grow with the dialogue and so does the cost.
+head), and past outputs never change. So every causal model has, beside its batch
+``forward``, a ``step(features, party, position, cache)`` that computes only the new
+utterance's row of each layer from a cache of the window (``init_cache()``; keys and
+values of attention, graph inputs, recurrent states), in the model's own file
+(:mod:`corect.models.cache`). The recognizer only strings the pushes together: a push
+costs the same at utterance 200 as at utterance 20. With ``wp = -1`` (whole past) the
+windows grow with the dialogue and so does the cost.
 
 Models: CORECT (every encoder kind and ablation) and every fusion baseline, including
-``context``, stream with bounded state. Any other model falls back to recomputing the
+``context``, have a step. Any other model (no ``step``) falls back to recomputing the
 whole history at every push (correct, but its cost grows; ``bounded`` says which).
 
 Latency: ``python -m corect.stream --bench [--figure latency.png]`` (median and p99 ms
@@ -36,7 +38,6 @@ import os
 import statistics
 import sys
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,15 +51,11 @@ from corect import plots
 from corect.config import Config, ConfigError, add_overrides_argument, load_config
 from corect.data.batching import collate
 from corect.data.format import DialogueRecord
-from corect.errors import INPUT_ERRORS, report
-from corect.graph import build_graph
+from corect.errors import INPUT_ERRORS, InputError, report
 from corect.inputs import PredictError, split_from_records, text_encoder_for_run
 from corect.io import write_atomic, write_json_atomic
 from corect.models import build_model
-from corect.models.attention import AttentionStack, attention_mask, sinusoidal_positions
-from corect.models.corect import CORECT
-from corect.models.encoders import LSTMEncoder, MLPEncoder, TransformerEncoder, UtteranceEncoder
-from corect.models.fusion import DialogueContext, FusionModel
+from corect.models.cache import windows
 from corect.runs import DEFAULT_DEVICE, load_run, select_device
 
 if TYPE_CHECKING:
@@ -75,251 +72,6 @@ class Prediction:
     probabilities: dict[str, float]
     index: int
     logits: list[float] = field(default_factory=list, repr=False)
-
-
-class Window:
-    """The last `size` tensors pushed (all of them when `size` is None)."""
-
-    def __init__(self, size: int | None) -> None:
-        self.items: deque[torch.Tensor] = deque(maxlen=size)
-
-    def push(self, x: torch.Tensor) -> torch.Tensor:
-        """Append `x`; return the window stacked, oldest first: [W, *x.shape]."""
-        self.items.append(x)
-        return torch.stack(tuple(self.items))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-class StepModule(nn.Module):
-    """Base of the per-utterance steppers; `caches` are its own windows of past outputs."""
-
-    caches: list[Window]
-
-    def windows(self) -> list[Window]:
-        """Every cache of this stepper and its sub-steppers."""
-        return [w for m in self.modules() for w in getattr(m, "caches", [])]
-
-
-class SelfAttentionStep(StepModule):
-    """One new position through a causal :class:`AttentionStack` (self-attention): each
-    block runs on the window of its input, and the last position is kept."""
-
-    def __init__(self, stack: AttentionStack, size: int | None) -> None:
-        super().__init__()
-        if not stack.causal:
-            raise ValueError("streaming needs causal attention")
-        self.stack = stack
-        self.inputs = [Window(size) for _ in stack.blocks]
-        self.caches = self.inputs
-        self._masks: dict[int, torch.Tensor] = {}
-
-    def mask(self, length: int, device: torch.device) -> torch.Tensor:
-        if length not in self._masks:
-            ones = torch.ones(1, length, dtype=torch.bool, device=device)
-            self._masks[length] = attention_mask(
-                ones, causal=True, window=self.stack.window, num_heads=self.stack.num_heads
-            )
-        return self._masks[length]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [dim] -> [dim]."""
-        for block, window in zip(self.stack.blocks, self.inputs, strict=True):
-            seq = window.push(x)
-            x = block(seq.unsqueeze(0), self.mask(seq.shape[0], x.device))[0, -1]
-        return self.stack.norm(x)
-
-
-class CrossAttentionStep(StepModule):
-    """One new query through a causal cross-modal :class:`AttentionStack`. Its keys are the
-    other modality's window (the same at every layer), so only the query is needed."""
-
-    def __init__(self, stack: AttentionStack) -> None:
-        super().__init__()
-        self.stack = stack
-        self.caches: list[Window] = []
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x: [dim], context: [W, dim] -> [dim]."""
-        mask = torch.zeros(self.stack.num_heads, 1, context.shape[0], dtype=torch.bool)
-        mask = mask.to(x.device)
-        query, keys = x.view(1, 1, -1), context.unsqueeze(0)
-        for block in self.stack.blocks:
-            query = block(query, mask, keys)
-        return self.stack.norm(query[0, 0])
-
-
-class EncoderStep(StepModule):
-    """:class:`UtteranceEncoder` for one utterance: modality -> [H], speaker added."""
-
-    def __init__(self, encoder: UtteranceEncoder, size: int | None) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.attention = nn.ModuleDict()
-        self.caches: list[Window] = []
-        self.state: dict[str, Any] = {}
-        for m, enc in encoder.encoders.items():
-            if isinstance(enc, TransformerEncoder):
-                self.attention[m] = SelfAttentionStep(enc.stack, size)
-            elif isinstance(enc, LSTMEncoder):
-                if enc.lstm.bidirectional:
-                    raise ValueError("streaming needs a one-directional (causal) LSTM")
-            elif not isinstance(enc, MLPEncoder):
-                raise TypeError(f"no streaming step for encoder {type(enc).__name__}")
-
-    def forward(
-        self, features: Mapping[str, torch.Tensor], party: int, position: int
-    ) -> dict[str, torch.Tensor]:
-        hidden = {}
-        for m, enc in self.encoder.encoders.items():
-            x = self.encoder.normalizers[m](features[m])
-            if isinstance(enc, MLPEncoder):
-                hidden[m] = enc.net(x)
-            elif isinstance(enc, TransformerEncoder):
-                pos = torch.tensor([[position]], device=x.device)
-                hidden[m] = self.attention[m](enc.embed(x, pos)[0, 0])
-            else:
-                out, self.state[m] = enc.lstm(x.view(1, 1, -1), self.state.get(m))
-                hidden[m] = enc.project(enc.dropout(out[0, 0]))
-        if self.encoder.speaker_embedding is not None:
-            if party >= self.encoder.num_speakers:
-                raise PredictError(
-                    f"speaker number {party + 1} in this dialogue, but the model was trained "
-                    f"for at most {self.encoder.num_speakers} speakers"
-                )
-            speaker = self.encoder.speaker_embedding.weight[party]
-            hidden = {m: h + speaker for m, h in hidden.items()}
-        return hidden
-
-
-class CORECTStep(StepModule):
-    """A causal :class:`CORECT` one utterance at a time, with per-layer windows."""
-
-    def __init__(self, model: CORECT, size: int | None) -> None:
-        super().__init__()
-        self.model = model
-        self.encode = EncoderStep(model.encoder, size)
-        self.graph_inputs = Window(size)  # [M, H] encoder outputs per utterance
-        self.graph_hidden = Window(size)  # [M, H] RGCNConv outputs per utterance
-        self.caches = [self.graph_inputs, self.graph_hidden]
-        self._graphs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.cross = nn.ModuleDict()
-        self.fuse = nn.ModuleDict()
-        self.pcm_inputs: dict[str, Window] = {}
-        if model.pcm is not None:
-            mods = model.modalities
-            for j in mods:
-                self.fuse[j] = SelfAttentionStep(model.pcm.fuse[j], size)
-                self.pcm_inputs[j] = Window(size)
-                for k in mods:
-                    if k != j:
-                        self.cross[j + k] = CrossAttentionStep(model.pcm.cross[j + k])
-            self.caches = [*self.caches, *self.pcm_inputs.values()]
-
-    def graph(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The window's graph, only the edges into its last utterance (node m*W + W-1)."""
-        if length not in self._graphs:
-            m = self.model
-            edge_index, edge_type = build_graph(
-                torch.tensor([length]), len(m.modalities), m.wp, m.wf, m.edge_types
-            )
-            keep = edge_index[1] % length == length - 1
-            self._graphs[length] = (edge_index[:, keep].to(device), edge_type[keep].to(device))
-        return self._graphs[length]
-
-    def rtgcn(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden: [M, H] -> [M * heads * H], as CORECT's RT-GCN part for this utterance."""
-        rtgcn, num_mod = self.model.rtgcn, hidden.shape[0]
-        x = self.graph_inputs.push(hidden)  # [W, M, H]
-        length = x.shape[0]
-        edge_index, edge_type = self.graph(length, hidden.device)
-        nodes = x.transpose(0, 1).reshape(num_mod * length, -1)  # node m*W + n
-        h = rtgcn.relational(nodes, edge_index, edge_type).view(num_mod, length, -1)[:, -1]
-        h_window = self.graph_hidden.push(h).transpose(0, 1).reshape(num_mod * length, -1)
-        z = rtgcn.transformer(h_window, edge_index).view(num_mod, length, -1)[:, -1]
-        return rtgcn.activation(rtgcn.norm(z)).flatten()
-
-    def pcm(self, hidden: dict[str, torch.Tensor], position: int) -> torch.Tensor:
-        pcm = self.model.pcm
-        device = next(iter(hidden.values())).device
-        pe = sinusoidal_positions(torch.tensor([[position]], device=device), pcm.hidden)[0, 0]
-        h = {m: hidden[m] + pe for m in pcm.modalities}
-        windows = {m: self.pcm_inputs[m].push(h[m]) for m in pcm.modalities}
-        outputs = []
-        for j in pcm.modalities:
-            crossed = [self.cross[j + k](h[j], windows[k]) for k in pcm.modalities if k != j]
-            outputs.append(self.fuse[j](torch.cat(crossed)))
-        return torch.cat(outputs)
-
-    def forward(
-        self, features: Mapping[str, torch.Tensor], party: int, position: int
-    ) -> torch.Tensor:
-        hidden = self.encode(features, party, position)
-        parts = []
-        if self.model.rtgcn is not None:
-            parts.append(self.rtgcn(torch.stack([hidden[m] for m in self.model.modalities])))
-        if self.model.pcm is not None:
-            parts.append(self.pcm(hidden, position))
-        if not parts:
-            parts = [hidden[m] for m in self.model.modalities]
-        return self.model.head(torch.cat(parts))
-
-
-class FusionStep(StepModule):
-    """A causal :class:`FusionModel`: encoder step, per-utterance fusion, and for
-    ``context`` one GRU step per stream with the hidden state carried."""
-
-    def __init__(self, model: FusionModel, size: int | None) -> None:
-        super().__init__()
-        self.model = model
-        self.encode = EncoderStep(model.encoder, size)
-        self.caches: list[Window] = []
-        self.state: list[torch.Tensor | None] = []
-        context = model.context
-        if context is not None:
-            if not isinstance(context, DialogueContext) or not context.causal:
-                raise ValueError("streaming needs a causal (one-directional) dialogue context")
-            self.state = [None] * context.streams
-
-    def forward(
-        self, features: Mapping[str, torch.Tensor], party: int, position: int
-    ) -> torch.Tensor:
-        hidden = self.encode(features, party, position)
-        z = self.model.fusion(torch.stack([hidden[m] for m in self.model.modalities])[None])
-        context = self.model.context
-        if context is not None:
-            outputs = []
-            chunks = z.chunk(context.streams, dim=-1)
-            for s, (gru, chunk) in enumerate(zip(context.grus, chunks, strict=True)):
-                out, self.state[s] = gru(chunk.unsqueeze(1), self.state[s])
-                outputs.append(out[:, 0])
-            z = context.dropout(torch.cat(outputs, dim=-1))
-        return self.model.head(z)[0]
-
-
-class RecomputeStep(StepModule):
-    """Fallback for any other model: rerun the batch model on the whole history."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.history: list[tuple[dict[str, torch.Tensor], int]] = []
-        self.caches = []
-
-    def forward(
-        self, features: Mapping[str, torch.Tensor], party: int, position: int
-    ) -> torch.Tensor:
-        self.history.append(({m: x.cpu().numpy() for m, x in features.items()}, party))
-        record = DialogueRecord(
-            "stream",
-            [str(p) for _, p in self.history],
-            [-1] * len(self.history),
-            {m: np.stack([f[m] for f, _ in self.history]) for m in features},
-        )
-        dims = {m: x.shape[-1] for m, x in features.items()}
-        device = next(iter(features.values())).device
-        return self.model(collate(split_from_records([record], dims), [0]).to(device))[-1]
 
 
 class StreamingRecognizer:
@@ -351,7 +103,8 @@ class StreamingRecognizer:
         self.device = torch.device(device)
         self.text_model = text_model
         self._text_encoder: TextEncoder | None = None
-        self.bounded = isinstance(model, (CORECT, FusionModel)) and config.model.wp >= 0
+        self.stepping = callable(getattr(model, "step", None))
+        self.bounded = self.stepping and config.model.wp >= 0
         self.reset()
 
     @classmethod
@@ -377,20 +130,14 @@ class StreamingRecognizer:
 
     def reset(self) -> None:
         """Start a new dialogue: forget every speaker and cache."""
-        size = self.config.model.wp + 1 if self.config.model.wp >= 0 else None
-        if isinstance(self.model, CORECT):
-            self.step: StepModule = CORECTStep(self.model, size)
-        elif isinstance(self.model, FusionModel):
-            self.step = FusionStep(self.model, size)
-        else:
-            self.step = RecomputeStep(self.model)
+        self.cache: Any = self.model.init_cache() if self.stepping else []
         self.parties: dict[str, int] = {}
         self.position = 0
         self.turns: list[tuple[str, str | None]] = []  # (speaker, text): past context
 
     def cache_sizes(self) -> list[int]:
         """The length of every cache (each at most wp + 1 when wp >= 0)."""
-        return [len(w) for w in self.step.windows()]
+        return [len(w) for w in windows(self.cache)]
 
     def text_features(self, text: str, speaker: str = "") -> torch.Tensor:
         """Text features with the text encoder (the run's model, checked). A model
@@ -442,7 +189,14 @@ class StreamingRecognizer:
         (modality -> vector; text may come as `text` when the run allows it)."""
         x = self.inputs(features, text, str(speaker))
         party = self.parties.setdefault(str(speaker), len(self.parties))
-        logits = self.step(x, party, self.position).float().cpu()
+        if self.stepping:
+            try:
+                logits = self.model.step(x, party, self.position, self.cache)
+            except InputError as err:
+                raise PredictError(f"utterance {self.position}: {err}") from None
+        else:
+            logits = self.recompute(x, party)
+        logits = logits.float().cpu()
         probabilities = logits.softmax(-1)
         prediction = Prediction(
             self.labels[int(probabilities.argmax())],
@@ -453,6 +207,19 @@ class StreamingRecognizer:
         self.position += 1
         self.turns.append((str(speaker), text))
         return prediction
+
+    def recompute(self, features: dict[str, torch.Tensor], party: int) -> torch.Tensor:
+        """Fallback for a model without ``step``: rerun it on the whole history (kept in
+        the cache); the logits of the last utterance."""
+        self.cache.append(({m: x.cpu().numpy() for m, x in features.items()}, party))
+        record = DialogueRecord(
+            "stream",
+            [str(p) for _, p in self.cache],
+            [-1] * len(self.cache),
+            {m: np.stack([f[m] for f, _ in self.cache]) for m in features},
+        )
+        batch = collate(split_from_records([record], self.dims), [0])
+        return self.model(batch.to(self.device))[-1]
 
 
 # --- command line ---------------------------------------------------------------------

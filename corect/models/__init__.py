@@ -30,7 +30,7 @@ def build_model(
     if config.name == "corect":
         model = CORECT(config, dims, num_classes, num_speakers)
     elif config.name in (*FUSION_NAMES, "context"):
-        from corect.models.fusion import build_fusion_model
+        from corect.models.baselines import build_fusion_model
 
         model = build_fusion_model(config, dims, num_classes, num_speakers)
     else:

@@ -7,6 +7,9 @@ that the public CORECT code breaks hold everywhere by construction:
   not depend on the other dialogues of its batch;
 - in causal mode, query ``i`` sees only keys ``j`` with ``i - window <= j <= i``
   (``window = -1``: the whole past), so no output depends on a later utterance.
+
+Causal stacks also stream: :meth:`AttentionStack.step` computes the newest position only,
+from a cache of the keys and values of the window (:mod:`corect.models.cache`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import math
 
 import torch
 from torch import nn
+
+from corect.models.cache import Window, window_size
 
 
 def attention_mask(
@@ -95,6 +100,29 @@ class AttentionBlock(nn.Module):
         h = x + self.dropout(attended)
         return h + self.dropout(self.feed_forward(self.norm_ff(h)))
 
+    def step(
+        self, x: torch.Tensor, cache: Window, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        r"""The newest position only: x, context: ``[dim]`` -> ``[dim]``, as row i of
+        :meth:`forward` under a causal mask. `cache` holds the keys and values
+        (``[W, 2, dim]``) of the window's earlier positions; this position's are appended.
+        """
+        attention = self.attention
+        dim, heads = attention.embed_dim, attention.num_heads
+        query = self.norm_query(x)
+        weight, bias = attention.in_proj_weight, attention.in_proj_bias
+        if context is None:
+            q, kv = nn.functional.linear(query, weight, bias).split((dim, 2 * dim))
+        else:
+            q = nn.functional.linear(query, weight[:dim], bias[:dim])
+            kv = nn.functional.linear(self.norm_key(context), weight[dim:], bias[dim:])
+        keys_values = cache.push(kv.view(2, heads, dim // heads))  # [W, 2, heads, d]
+        scores = torch.einsum("hd,whd->hw", q.view(heads, -1), keys_values[:, 0])
+        weights = (scores * (dim // heads) ** -0.5).softmax(-1)
+        attended = torch.einsum("hw,whd->hd", weights, keys_values[:, 1]).reshape(dim)
+        h = x + self.dropout(attention.out_proj(attended))
+        return h + self.dropout(self.feed_forward(self.norm_ff(h)))
+
 
 class AttentionStack(nn.Module):
     """`num_layers` :class:`AttentionBlock` s with a final LayerNorm, masks applied once."""
@@ -127,4 +155,19 @@ class AttentionStack(nn.Module):
         )
         for block in self.blocks:
             x = block(x, attn_mask, context)
+        return self.norm(x)
+
+    def init_cache(self) -> list[Window]:
+        """An empty streaming cache: per block, the keys and values of the window."""
+        if not self.causal:
+            raise ValueError("only a causal attention stack can stream")
+        return [Window(window_size(self.window)) for _ in self.blocks]
+
+    def step(
+        self, x: torch.Tensor, cache: list[Window], context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The newest position only: x, context: ``[dim]`` -> ``[dim]`` (row i of
+        :meth:`forward`), from `cache` (:meth:`init_cache`), which it updates."""
+        for block, block_cache in zip(self.blocks, cache, strict=True):
+            x = block.step(x, block_cache, context)
         return self.norm(x)

@@ -6,12 +6,16 @@ Networks with Auxiliary Cross-Modality Interaction", EMNLP 2023.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from corect.config import ModelConfig
 from corect.data.batching import Batch
 from corect.graph import build_graph, num_relations
+from corect.models.cache import window_size
 from corect.models.encoders import ClassifierHead, UtteranceEncoder
 from corect.models.pcm import PairwiseCrossModal
 from corect.models.rtgcn import RTGCN
@@ -30,7 +34,8 @@ class CORECT(nn.Module):
     Ablations: ``use_rtgcn=False`` drops g, ``use_pcm=False`` drops p (P-CM is off by
     itself with a single modality); with both off the head sees :math:`\Vert_m h_{i,m}`.
     In causal mode the graph keeps only past and self edges (wf = 0) and every attention
-    is masked to the past window.
+    is masked to the past window, and :meth:`step` streams: one utterance in, its logits
+    out, from a cache of the past window (:meth:`init_cache`).
     """
 
     def __init__(
@@ -38,6 +43,7 @@ class CORECT(nn.Module):
     ) -> None:
         super().__init__()
         self.modalities = "".join(dims)
+        self.causal = config.causal
         self.wp = config.wp
         self.wf = 0 if config.causal else config.wf
         self.edge_types = config.edge_types
@@ -92,3 +98,40 @@ class CORECT(nn.Module):
         if not parts:
             parts = per_utterance
         return self.head(torch.cat(parts, dim=-1))
+
+    def init_cache(self) -> dict[str, Any]:
+        """An empty streaming cache (a new dialogue): every part's own."""
+        if not self.causal:
+            raise ValueError("only a causal CORECT can stream (model.causal: true)")
+        cache: dict[str, Any] = {"encoder": self.encoder.init_cache()}
+        if self.rtgcn is not None:
+            cache["rtgcn"] = self.rtgcn.init_cache(window_size(self.wp))
+        if self.pcm is not None:
+            cache["pcm"] = self.pcm.init_cache()
+        return cache
+
+    def window_graph(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The graph of one dialogue of `length` utterances (as :meth:`forward` builds it)."""
+        return build_graph(
+            torch.tensor([length]), len(self.modalities), self.wp, self.wf, self.edge_types
+        )
+
+    def step(
+        self,
+        features: Mapping[str, torch.Tensor],
+        party: int,
+        position: int,
+        cache: dict[str, Any],
+    ) -> torch.Tensor:
+        """Logits ``[classes]`` of the next utterance of a dialogue (modality -> ``[D]``,
+        its speaker's party index, its position), equal to its row of :meth:`forward`."""
+        hidden = self.encoder.step(features, party, position, cache["encoder"])
+        parts = []
+        if self.rtgcn is not None:
+            nodes = torch.stack([hidden[m] for m in self.modalities])  # [M, H]
+            parts.append(self.rtgcn.step(nodes, cache["rtgcn"], self.window_graph).flatten())
+        if self.pcm is not None:
+            parts.append(self.pcm.step(hidden, position, cache["pcm"]))
+        if not parts:
+            parts = [hidden[m] for m in self.modalities]
+        return self.head(torch.cat(parts))

@@ -14,9 +14,17 @@ modality is standardised per dimension with statistics of the training split
 (:class:`InputNormalizer`), held as buffers that travel with the checkpoint, and the
 speaker and position signals start small (:data:`SPEAKER_INIT_STD`,
 :data:`POSITION_INIT_SCALE`) and grow only as training finds them useful.
+
+Streaming: every encoder has ``init_cache()`` and ``step(x, position, cache)``, one
+utterance ``[D] -> [H]`` (the MLP needs no cache, the transformer keeps its attention
+window, the causal LSTM its state); :meth:`UtteranceEncoder.step` strings them together
+with the input normalisation and the speaker embedding.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +32,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from corect.config import ModelConfig
 from corect.data.batching import Batch
+from corect.errors import InputError
 from corect.models.attention import AttentionStack, sinusoidal_positions
 
 SPEAKER_INIT_STD = 0.1  # speaker embedding at init: a tenth of a standardised input's size
@@ -86,6 +95,13 @@ class MLPEncoder(nn.Module):
     def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.net(x)
 
+    def init_cache(self) -> dict[str, Any]:
+        return {}
+
+    def step(self, x: torch.Tensor, position: int, cache: dict[str, Any]) -> torch.Tensor:
+        """One utterance: x ``[in_dim]`` -> ``[hidden]`` (context-free: no cache used)."""
+        return self.net(x)
+
 
 class TransformerEncoder(nn.Module):
     r"""Transformer over the dialogue's utterances:
@@ -122,6 +138,13 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.stack(self.embed(x, batch.positions), batch.mask)
 
+    def init_cache(self) -> list:
+        return self.stack.init_cache()
+
+    def step(self, x: torch.Tensor, position: int, cache: list) -> torch.Tensor:
+        """One utterance at `position`: x ``[in_dim]`` -> ``[hidden]`` (causal only)."""
+        return self.stack.step(self.embed(x, torch.tensor(position, device=x.device)), cache)
+
 
 class LSTMEncoder(nn.Module):
     """LSTM over the dialogue's utterances: bidirectional offline, forward-only causal."""
@@ -143,6 +166,16 @@ class LSTMEncoder(nn.Module):
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return self.project(self.dropout(out))
+
+    def init_cache(self) -> dict[str, Any]:
+        if self.lstm.bidirectional:
+            raise ValueError("only a causal (one-directional) LSTM can stream")
+        return {"state": None}
+
+    def step(self, x: torch.Tensor, position: int, cache: dict[str, Any]) -> torch.Tensor:
+        """One utterance: x ``[in_dim]`` -> ``[hidden]``; the LSTM state is carried."""
+        out, cache["state"] = self.lstm(x.view(1, 1, -1), cache["state"])
+        return self.project(self.dropout(out[0, 0]))
 
 
 def build_encoder(kind: str, in_dim: int, config: ModelConfig) -> nn.Module:
@@ -210,11 +243,34 @@ class UtteranceEncoder(nn.Module):
         }
         if self.speaker_embedding is not None:
             if int(batch.speakers.max()) >= self.num_speakers:
-                raise ValueError(
+                raise InputError(
                     f"a dialogue has {int(batch.speakers.max()) + 1} speakers but the model "
                     f"was built for {self.num_speakers} (set model.num_speakers)"
                 )
             speaker = self.speaker_embedding(batch.speakers)
+            hidden = {m: h + speaker for m, h in hidden.items()}
+        return hidden
+
+    def init_cache(self) -> dict[str, Any]:
+        """An empty streaming cache: one per modality's encoder."""
+        return {m: enc.init_cache() for m, enc in self.encoders.items()}
+
+    def step(
+        self, features: Mapping[str, torch.Tensor], party: int, position: int, cache: dict
+    ) -> dict[str, torch.Tensor]:
+        """One utterance (modality -> ``[D]``, its speaker's party index and its position
+        in the dialogue) -> modality -> ``[H]``, as its row of :meth:`forward`."""
+        hidden = {
+            m: enc.step(self.normalizers[m](features[m]), position, cache[m])
+            for m, enc in self.encoders.items()
+        }
+        if self.speaker_embedding is not None:
+            if party >= self.num_speakers:
+                raise InputError(
+                    f"speaker number {party + 1} in this dialogue, but the model was trained "
+                    f"for at most {self.num_speakers} speakers"
+                )
+            speaker = self.speaker_embedding.weight[party]
             hidden = {m: h + speaker for m, h in hidden.items()}
         return hidden
 

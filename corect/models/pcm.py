@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -71,3 +73,28 @@ class PairwiseCrossModal(nn.Module):
             crossed = [self.cross[f"{j}{k}"](h[j], mask, h[k]) for k in self.modalities if k != j]
             outputs.append(self.fuse[j](torch.cat(crossed, dim=-1), mask))
         return torch.cat(outputs, dim=-1)
+
+    def init_cache(self) -> dict[str, Any]:
+        """An empty streaming cache: every causal attention stack's own."""
+        return {
+            "cross": {pair: stack.init_cache() for pair, stack in self.cross.items()},
+            "fuse": {j: stack.init_cache() for j, stack in self.fuse.items()},
+        }
+
+    def step(
+        self, hidden: dict[str, torch.Tensor], position: int, cache: dict[str, Any]
+    ) -> torch.Tensor:
+        """The newest utterance only: modality -> ``[H]`` at `position` -> ``[M(M-1)H]``,
+        its row of :meth:`forward` (causal only)."""
+        device = next(iter(hidden.values())).device
+        pe = sinusoidal_positions(torch.tensor(position, device=device), self.hidden)
+        h = {m: hidden[m] + pe for m in self.modalities}
+        outputs = []
+        for j in self.modalities:
+            crossed = [
+                self.cross[j + k].step(h[j], cache["cross"][j + k], h[k])
+                for k in self.modalities
+                if k != j
+            ]
+            outputs.append(self.fuse[j].step(torch.cat(crossed), cache["fuse"][j]))
+        return torch.cat(outputs)

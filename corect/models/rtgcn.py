@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 from torch_geometric.nn import RGCNConv, TransformerConv
+
+from corect.models.cache import Window
+
+# The graph of one dialogue of `length` utterances: (edge_index [2, E], edge_type [E]).
+WindowGraph = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
 
 class RTGCN(nn.Module):
@@ -46,3 +54,68 @@ class RTGCN(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             h = self.relational(x.float(), edge_index, edge_type)
             return self.activation(self.norm(self.transformer(h, edge_index)))
+
+    def init_cache(self, size: int | None) -> dict[str, Any]:
+        """An empty streaming cache for a past window of `size` utterances: the layer
+        inputs and the graph transformer's keys and values of the window's nodes."""
+        return {"inputs": Window(size), "keys_values": Window(size), "operators": {}}
+
+    def step(self, x: torch.Tensor, cache: dict[str, Any], graph: WindowGraph) -> torch.Tensor:
+        """The newest utterance's nodes only: x ``[M, hidden]`` (one node per modality) ->
+        ``[M, heads * hidden]``, as their rows of :meth:`forward` on the window.
+
+        `graph(W)` is the graph of a dialogue of W utterances (node ``m * W + n``); only
+        the edges into the last utterance are used, as dense per-relation mean and edge
+        count matrices (kept in the cache per window length). Float32, as forward."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            inputs = cache["inputs"].push(x)  # [W, M, hidden]
+            length, num_mod = inputs.shape[0], x.shape[0]
+            if length not in cache["operators"]:
+                cache["operators"][length] = self._operators(graph(length), length, num_mod)
+            mean, log_count = (op.to(x.device) for op in cache["operators"][length])
+            nodes = inputs.transpose(0, 1).reshape(num_mod * length, -1)  # node m*W + n
+            h = self._relational_step(x, nodes, mean)
+            return self.activation(self.norm(self._transformer_step(h, cache, log_count)))
+
+    def _relational_step(
+        self, x: torch.Tensor, nodes: torch.Tensor, mean: torch.Tensor
+    ) -> torch.Tensor:
+        """RGCNConv for the new nodes: root term + per-relation mean of the sources."""
+        conv, num_mod = self.relational, x.shape[0]
+        aggregated = torch.einsum("mrs,sh->mrh", mean, nodes).reshape(num_mod, -1)
+        weight = conv.weight.reshape(-1, conv.weight.shape[-1])  # [R * in, out]
+        return aggregated @ weight + x @ conv.root + conv.bias
+
+    def _transformer_step(
+        self, h: torch.Tensor, cache: dict[str, Any], log_count: torch.Tensor
+    ) -> torch.Tensor:
+        """TransformerConv for the new nodes: softmax over their incoming edges (an
+        edge counted as often as it occurs) of the window's cached keys and values."""
+        conv, num_mod = self.transformer, h.shape[0]
+        heads, channels = conv.heads, conv.out_channels
+        query = conv.lin_query(h).view(num_mod, heads, channels)
+        new = torch.stack((conv.lin_key(h), conv.lin_value(h)))  # [2, M, heads * channels]
+        window = cache["keys_values"].push(new)  # [W, 2, M, heads * channels]
+        keys, values = (
+            window[:, k].transpose(0, 1).reshape(-1, heads, channels) for k in (0, 1)
+        )  # [M * W, heads, channels], node m*W + n
+        scores = torch.einsum("mkc,skc->mks", query, keys) / channels**0.5
+        alpha = (scores + log_count.unsqueeze(1)).softmax(-1)
+        out = torch.einsum("mks,skc->mkc", alpha, values).reshape(num_mod, heads * channels)
+        return out + conv.lin_skip(h)
+
+    def _operators(
+        self, edges: tuple[torch.Tensor, torch.Tensor], length: int, num_mod: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the last utterance's nodes of a `length`-utterance graph: the mean
+        aggregation ``[M, R, M * length]`` per relation, and the log edge count
+        ``[M, M * length]`` (-inf: no edge) of the graph transformer's softmax."""
+        edge_index, edge_type = edges
+        into_last = edge_index[1] % length == length - 1
+        source, target = edge_index[0, into_last], edge_index[1, into_last] // length
+        relation = edge_type[into_last]
+        count = torch.zeros(num_mod, self.relational.num_relations, num_mod * length)
+        count.index_put_((target, relation, source), torch.ones(len(source)), accumulate=True)
+        mean = count / count.sum(-1, keepdim=True).clamp(min=1)
+        return mean, count.sum(1).log()
