@@ -15,6 +15,8 @@ from a cache of the keys and values of the window (:mod:`corect.models.cache`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -100,29 +102,6 @@ class AttentionBlock(nn.Module):
         h = x + self.dropout(attended)
         return h + self.dropout(self.feed_forward(self.norm_ff(h)))
 
-    def step(
-        self, x: torch.Tensor, cache: Window, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        r"""The newest position only: x, context: ``[dim]`` -> ``[dim]``, as row i of
-        :meth:`forward` under a causal mask. `cache` holds the keys and values
-        (``[W, 2, dim]``) of the window's earlier positions; this position's are appended.
-        """
-        attention = self.attention
-        dim, heads = attention.embed_dim, attention.num_heads
-        query = self.norm_query(x)
-        weight, bias = attention.in_proj_weight, attention.in_proj_bias
-        if context is None:
-            q, kv = nn.functional.linear(query, weight, bias).split((dim, 2 * dim))
-        else:
-            q = nn.functional.linear(query, weight[:dim], bias[:dim])
-            kv = nn.functional.linear(self.norm_key(context), weight[dim:], bias[dim:])
-        keys_values = cache.push(kv.view(2, heads, dim // heads))  # [W, 2, heads, d]
-        scores = torch.einsum("hd,whd->hw", q.view(heads, -1), keys_values[:, 0])
-        weights = (scores * (dim // heads) ** -0.5).softmax(-1)
-        attended = torch.einsum("hw,whd->hd", weights, keys_values[:, 1]).reshape(dim)
-        h = x + self.dropout(attention.out_proj(attended))
-        return h + self.dropout(self.feed_forward(self.norm_ff(h)))
-
 
 class AttentionStack(nn.Module):
     """`num_layers` :class:`AttentionBlock` s with a final LayerNorm, masks applied once."""
@@ -157,17 +136,97 @@ class AttentionStack(nn.Module):
             x = block(x, attn_mask, context)
         return self.norm(x)
 
-    def init_cache(self) -> list[Window]:
-        """An empty streaming cache: per block, the keys and values of the window."""
-        if not self.causal:
-            raise ValueError("only a causal attention stack can stream")
-        return [Window(window_size(self.window)) for _ in self.blocks]
+    def init_cache(self, cross: bool = False) -> dict[str, Any]:
+        """An empty streaming cache: per block, the keys and values of the window.
+        `cross`: the stack will step with a context (cross-modal attention)."""
+        return init_stacked_cache([self], cross=cross)
 
     def step(
-        self, x: torch.Tensor, cache: list[Window], context: torch.Tensor | None = None
+        self, x: torch.Tensor, cache: dict[str, Any], context: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The newest position only: x, context: ``[dim]`` -> ``[dim]`` (row i of
         :meth:`forward`), from `cache` (:meth:`init_cache`), which it updates."""
-        for block, block_cache in zip(self.blocks, cache, strict=True):
-            x = block.step(x, block_cache, context)
-        return self.norm(x)
+        return stacked_step(cache, x[None], None if context is None else context[None])[0]
+
+
+def _folded(norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor, scale: float = 1.0):
+    """``Linear(LayerNorm(x))`` as ``n(x) @ W' + b'`` with n the plain normalisation:
+    ``W' = (W diag(gamma))^T``, ``b' = W beta + b`` (times `scale`)."""
+    w = (weight * norm.weight).t() * scale
+    return w, (weight @ norm.bias + bias).unsqueeze(0) * scale
+
+
+def init_stacked_cache(stacks: Sequence[AttentionStack], cross: bool = False) -> dict[str, Any]:
+    """A streaming cache that steps P causal stacks of one shape together (P-CM's stacks,
+    or one stack), with a context iff `cross`. It holds their weights as they are now,
+    stacked ``[P, ...]`` with each LayerNorm's affine folded into the linear layer after
+    it and the attention scale into the queries (a cache serves one dialogue of
+    inference), and per block a window of keys and values ``[W, P, 2, heads, d]``."""
+    if not all(s.causal for s in stacks):
+        raise ValueError("only a causal attention stack can stream")
+    first = stacks[0]
+    dim, heads = first.blocks[0].attention.embed_dim, first.num_heads
+    scale = (dim // heads) ** -0.5
+    blocks = []
+    for k in range(len(first.blocks)):
+        parts: dict[str, list[torch.Tensor]] = {}
+        for stack in stacks:
+            block = stack.blocks[k]
+            in_w, in_b = block.attention.in_proj_weight, block.attention.in_proj_bias
+            kv_norm = block.norm_key if cross else block.norm_query
+            ff1, ff2, out = block.feed_forward[0], block.feed_forward[2], block.attention.out_proj
+            for name, (w, b) in (
+                ("q", _folded(block.norm_query, in_w[:dim], in_b[:dim], scale)),
+                ("kv", _folded(kv_norm, in_w[dim:], in_b[dim:])),
+                ("out", (out.weight.t(), out.bias.unsqueeze(0))),
+                ("ff1", _folded(block.norm_ff, ff1.weight, ff1.bias)),
+                ("ff2", (ff2.weight.t(), ff2.bias.unsqueeze(0))),
+            ):
+                parts.setdefault(name, []).append(w.detach())
+                parts.setdefault(f"{name}_b", []).append(b.detach())
+        blocks.append({name: torch.stack(tensors) for name, tensors in parts.items()})
+    return {
+        "heads": heads,
+        "eps": first.norm.eps,
+        "cross": cross,
+        "blocks": blocks,
+        "norm": tuple(
+            torch.stack([getattr(s.norm, a).detach() for s in stacks]) for a in ("weight", "bias")
+        ),
+        "windows": [Window(window_size(first.window)) for _ in first.blocks],
+    }
+
+
+def stacked_step(
+    cache: dict[str, Any], x: torch.Tensor, context: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""The newest position of P stacks at once (:func:`init_stacked_cache`): x, context
+    ``[P, dim]`` -> ``[P, dim]``, each row as row i of its stack's
+    :meth:`~AttentionStack.forward` under a causal mask (inference: no dropout). Per
+    block, with batched matmuls: :math:`h = x + \mathrm{MHA}(\mathrm{LN}(x),
+    \mathrm{LN}(y))` over the window's cached keys and values, then
+    :math:`h + \mathrm{FFN}(\mathrm{LN}(h))`."""
+    if (context is not None) != cache["cross"]:
+        raise ValueError(
+            "a cross-attention cache steps with a context, a self-attention one without"
+        )
+    heads, eps = cache["heads"], cache["eps"]
+    p, dim = x.shape
+
+    def norm(h: torch.Tensor) -> torch.Tensor:  # the affine part is folded into the weights
+        return nn.functional.layer_norm(h, (dim,), eps=eps).unsqueeze(1)
+
+    def linear(h: torch.Tensor, w: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        return torch.baddbmm(w[f"{name}_b"], h, w[name])  # [P, 1, out]
+
+    for w, window in zip(cache["blocks"], cache["windows"], strict=True):
+        query = norm(x)
+        source = query if context is None else norm(context)
+        q = linear(query, w, "q").view(p, heads, 1, -1)
+        kv = window.push(linear(source, w, "kv").view(p, 2, heads, -1))  # [W, P, 2, heads, d]
+        scores = torch.matmul(q, kv[:, :, 0].permute(1, 2, 3, 0))  # [P, heads, 1, W]
+        attended = torch.matmul(scores.softmax(-1), kv[:, :, 1].permute(1, 2, 0, 3))
+        h = x + linear(attended.view(p, 1, dim), w, "out").view(p, dim)
+        x = h + linear(torch.relu(linear(norm(h), w, "ff1")), w, "ff2").view(p, dim)
+    weight, bias = cache["norm"]
+    return nn.functional.layer_norm(x, (dim,), eps=eps) * weight + bias

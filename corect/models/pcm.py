@@ -7,7 +7,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from corect.models.attention import AttentionStack, sinusoidal_positions
+from corect.models.attention import (
+    AttentionStack,
+    init_stacked_cache,
+    sinusoidal_positions,
+    stacked_step,
+)
 
 
 class PairwiseCrossModal(nn.Module):
@@ -75,26 +80,30 @@ class PairwiseCrossModal(nn.Module):
         return torch.cat(outputs, dim=-1)
 
     def init_cache(self) -> dict[str, Any]:
-        """An empty streaming cache: every causal attention stack's own."""
+        """An empty streaming cache: the cross-modal stacks stepped together (ordered pair
+        by pair, j then k), and the fuse stacks together."""
+        pairs = [(j, k) for j in range(len(self.modalities)) for k in self.other_indices(j)]
+        mods = self.modalities
         return {
-            "cross": {pair: stack.init_cache() for pair, stack in self.cross.items()},
-            "fuse": {j: stack.init_cache() for j, stack in self.fuse.items()},
+            "pairs": torch.tensor(pairs).t(),  # [2, M(M-1)]: query and key modality
+            "cross": init_stacked_cache(
+                [self.cross[mods[j] + mods[k]] for j, k in pairs], cross=True
+            ),
+            "fuse": init_stacked_cache([self.fuse[j] for j in mods]),
         }
+
+    def other_indices(self, j: int) -> list[int]:
+        return [k for k in range(len(self.modalities)) if k != j]
 
     def step(
         self, hidden: dict[str, torch.Tensor], position: int, cache: dict[str, Any]
     ) -> torch.Tensor:
         """The newest utterance only: modality -> ``[H]`` at `position` -> ``[M(M-1)H]``,
-        its row of :meth:`forward` (causal only)."""
-        device = next(iter(hidden.values())).device
-        pe = sinusoidal_positions(torch.tensor(position, device=device), self.hidden)
-        h = {m: hidden[m] + pe for m in self.modalities}
-        outputs = []
-        for j in self.modalities:
-            crossed = [
-                self.cross[j + k].step(h[j], cache["cross"][j + k], h[k])
-                for k in self.modalities
-                if k != j
-            ]
-            outputs.append(self.fuse[j].step(torch.cat(crossed), cache["fuse"][j]))
-        return torch.cat(outputs)
+        its row of :meth:`forward` (causal only; every pair's and every modality's
+        stack stepped at once)."""
+        h = torch.stack([hidden[m] for m in self.modalities])  # [M, H]
+        h = h + sinusoidal_positions(torch.tensor(position, device=h.device), self.hidden)
+        query, key = cache["pairs"].to(h.device)
+        crossed = stacked_step(cache["cross"], h[query], h[key])  # [M(M-1), H]
+        fused = stacked_step(cache["fuse"], crossed.view(len(self.modalities), -1))
+        return fused.flatten()
