@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from corect import plots
 from corect.config import Config, ConfigError, add_overrides_argument
-from corect.data.format import Dataset, DatasetError, SplitData
+from corect.data.format import Dataset, DatasetError
 from corect.errors import INPUT_ERRORS, report
 from corect.experiments import (
+    check_comparable,
     experiment_log,
     fmt_mean_std,
     mean_std,
@@ -55,51 +55,14 @@ from corect.experiments import (
     training_config,
 )
 from corect.io import write_atomic
-from corect.metrics import POSITION_BUCKETS, classification_metrics, weighted_f1_by_position
-from corect.runs import DEFAULT_DEVICE, load_data, load_run, predict, select_device
+from corect.metrics import POSITION_BUCKETS
+from corect.runs import load_data, load_run, score_run
 from corect.runtime import keep_freed_memory
 from corect.training import train
 
 log = logging.getLogger("corect.compare_modes")
 MODES = ("offline", "causal")
 HEADLINE = (("accuracy", "Accuracy"), ("weighted_f1", "Weighted F1"), ("macro_f1", "Macro F1"))
-# Config keys that may differ between the runs being compared.
-FREE_KEYS = {"model.causal", "model.wf", "train.seed", "train.run_name", "train.runs_dir"}
-FREE_KEYS |= {"train.progress", "train.device", "train.amp", "data.cache_dir"}
-
-
-def dialogue_positions(split: SplitData) -> np.ndarray:
-    """0-based position of every utterance of `split` in its dialogue."""
-    starts = torch.repeat_interleave(split.offsets[:-1], split.lengths)
-    return (torch.arange(split.num_utterances) - starts).numpy()
-
-
-def score_run(
-    run_dir: str | Path,
-    dataset: Dataset | None = None,
-    split: str = "test",
-    device: str = DEFAULT_DEVICE,
-) -> tuple[Config, Dataset, dict[str, Any]]:
-    """Reload a run's best checkpoint and score it on `split`: the metrics of
-    :func:`corect.metrics.classification_metrics` plus ``by_position``."""
-    torch_device = select_device(device)
-    config, model, checkpoint = load_run(run_dir, str(torch_device))
-    dataset = dataset or load_data(config)
-    data = dataset.splits[split]
-    logits = predict(model, data, config.train.batch_size, torch_device, config.train.amp)
-    y_true, y_pred = data.labels.numpy(), logits.argmax(1).numpy()
-    metrics = classification_metrics(y_true, y_pred, checkpoint["labels"])
-    metrics["by_position"] = weighted_f1_by_position(y_true, y_pred, dialogue_positions(data))
-    return config, dataset, metrics
-
-
-def flat_config(config: Config) -> dict[str, Any]:
-    """``section.key -> value`` of a config (nested dataclasses flattened one level)."""
-    return {
-        f"{section}.{key}": value
-        for section, values in config.to_dict().items()
-        for key, value in values.items()
-    }
 
 
 @dataclass
@@ -288,38 +251,6 @@ def describe(config: Config, dataset: Dataset, seeds: Sequence[int], split: str)
         f"{config.train.epochs} epochs max, seeds {', '.join(map(str, seeds))}; "
         f"{split} split, checkpoint with the best dev weighted F1."
     )
-
-
-def check_comparable(configs: dict[str, Config]) -> None:
-    """Loaded runs must use the same data; the right mode; other differences are logged."""
-    base_name, base = next(iter(configs.items()))
-    base_flat = flat_config(base)
-    for run_dir, config in configs.items():
-        flat = flat_config(config)
-        for key in ("data.path", "data.modalities", "model.name"):
-            if flat[key] != base_flat[key]:
-                raise ConfigError(
-                    f"{run_dir}: {key}={flat[key]!r} but {base_name} has {base_flat[key]!r}; "
-                    "compare runs of the same data and model"
-                )
-        if not config.data.path and flat_synthetic(config) != flat_synthetic(base):
-            raise ConfigError(f"{run_dir}: another synthetic dataset than {base_name}")
-        differ = sorted(
-            k
-            for k in flat
-            if k not in FREE_KEYS and k != "data.synthetic" and flat[k] != base_flat[k]
-        )
-        if differ:
-            log.warning(
-                "%s differs from %s in %s",
-                run_dir,
-                base_name,
-                ", ".join(f"{k}={flat[k]!r}" for k in differ),
-            )
-
-
-def flat_synthetic(config: Config) -> dict[str, Any]:
-    return config.to_dict()["data"]["synthetic"]
 
 
 def compare(

@@ -26,6 +26,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from corect.config import Config, ConfigError, load_config
 
 log = logging.getLogger("corect.experiments")
+# Config keys that may differ between the runs being compared.
+FREE_KEYS = {"model.causal", "model.wf", "train.seed", "train.run_name", "train.runs_dir"}
+FREE_KEYS |= {"train.progress", "train.device", "train.amp", "data.cache_dir"}
 T = TypeVar("T")
 
 
@@ -157,3 +160,44 @@ def train_or_reuse(config: Config, train_fn: Callable[[Config], Path], runs_dir:
         log.info("reusing the finished run %s", finished)
         return finished
     return Path(train_fn(config))
+
+
+def flat_config(config: Config) -> dict[str, Any]:
+    """``section.key -> value`` of a config (nested dataclasses flattened one level)."""
+    return {
+        f"{section}.{key}": value
+        for section, values in config.to_dict().items()
+        for key, value in values.items()
+    }
+
+
+def check_comparable(configs: dict[str, Config]) -> None:
+    """Loaded runs must use the same data; the right mode; other differences are logged."""
+    base_name, base = next(iter(configs.items()))
+    base_flat = flat_config(base)
+    for run_dir, config in configs.items():
+        flat = flat_config(config)
+        for key in ("data.path", "data.modalities", "model.name"):
+            if flat[key] != base_flat[key]:
+                raise ConfigError(
+                    f"{run_dir}: {key}={flat[key]!r} but {base_name} has {base_flat[key]!r}; "
+                    "compare runs of the same data and model"
+                )
+        if not config.data.path and flat_synthetic(config) != flat_synthetic(base):
+            raise ConfigError(f"{run_dir}: another synthetic dataset than {base_name}")
+        differ = sorted(
+            k
+            for k in flat
+            if k not in FREE_KEYS and k != "data.synthetic" and flat[k] != base_flat[k]
+        )
+        if differ:
+            log.warning(
+                "%s differs from %s in %s",
+                run_dir,
+                base_name,
+                ", ".join(f"{k}={flat[k]!r}" for k in differ),
+            )
+
+
+def flat_synthetic(config: Config) -> dict[str, Any]:
+    return config.to_dict()["data"]["synthetic"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,7 +23,7 @@ from corect.data.batching import Batch, drop_modalities, iterate_batches
 from corect.data.format import Dataset, DatasetError, SplitData, load_dataset
 from corect.data.synthetic import ensure_synthetic_dataset
 from corect.io import atomic_target
-from corect.metrics import classification_metrics
+from corect.metrics import classification_metrics, weighted_f1_by_position
 from corect.models import build_model
 
 CHECKPOINT = "checkpoint.pt"
@@ -174,3 +175,28 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[Config, nn.Modul
     )
     model.load_state_dict(checkpoint["state_dict"])
     return config, model.to(device).eval(), checkpoint
+
+
+def dialogue_positions(split: SplitData) -> np.ndarray:
+    """0-based position of every utterance of `split` in its dialogue."""
+    starts = torch.repeat_interleave(split.offsets[:-1], split.lengths)
+    return (torch.arange(split.num_utterances) - starts).numpy()
+
+
+def score_run(
+    run_dir: str | Path,
+    dataset: Dataset | None = None,
+    split: str = "test",
+    device: str = DEFAULT_DEVICE,
+) -> tuple[Config, Dataset, dict[str, Any]]:
+    """Reload a run's best checkpoint and score it on `split`: the metrics of
+    :func:`corect.metrics.classification_metrics` plus ``by_position``."""
+    torch_device = select_device(device)
+    config, model, checkpoint = load_run(run_dir, str(torch_device))
+    dataset = dataset or load_data(config)
+    data = dataset.splits[split]
+    logits = predict(model, data, config.train.batch_size, torch_device, config.train.amp)
+    y_true, y_pred = data.labels.numpy(), logits.argmax(1).numpy()
+    metrics = classification_metrics(y_true, y_pred, checkpoint["labels"])
+    metrics["by_position"] = weighted_f1_by_position(y_true, y_pred, dialogue_positions(data))
+    return config, dataset, metrics

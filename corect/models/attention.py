@@ -149,7 +149,9 @@ class AttentionStack(nn.Module):
         return stacked_step(cache, x[None], None if context is None else context[None])[0]
 
 
-def _folded(norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor, scale: float = 1.0):
+def _folded(
+    norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor, scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``Linear(LayerNorm(x))`` as ``n(x) @ W' + b'`` with n the plain normalisation:
     ``W' = (W diag(gamma))^T``, ``b' = W beta + b`` (times `scale`)."""
     w = (weight * norm.weight).t() * scale

@@ -57,8 +57,25 @@ class RTGCN(nn.Module):
 
     def init_cache(self, size: int | None) -> dict[str, Any]:
         """An empty streaming cache for a past window of `size` utterances: the layer
-        inputs and the graph transformer's keys and values of the window's nodes."""
-        return {"inputs": Window(size), "keys_values": Window(size), "operators": {}}
+        inputs and the graph transformer's keys and values of the window's nodes, and
+        the weights as they are now, concatenated for one matmul per layer (relations
+        and root; query, key, value and skip, the query scaled by 1/sqrt(channels))."""
+        conv, att = self.relational, self.transformer
+        scale = torch.ones(4 * self.out_dim)
+        scale[: self.out_dim] = att.out_channels**-0.5
+        lins = (att.lin_query, att.lin_key, att.lin_value, att.lin_skip)
+        weights = {
+            "relational": torch.cat((conv.weight.flatten(0, 1), conv.root)),  # [(R+1)H, H]
+            "relational_b": conv.bias,
+            "attention": torch.cat([lin.weight for lin in lins]).t() * scale,  # [H, 4 KC]
+            "attention_b": torch.cat([lin.bias for lin in lins]) * scale,
+        }
+        return {
+            "inputs": Window(size),
+            "keys_values": Window(size),
+            "operators": {},
+            "weights": {name: w.detach() for name, w in weights.items()},
+        }
 
     def step(self, x: torch.Tensor, cache: dict[str, Any], graph: WindowGraph) -> torch.Tensor:
         """The newest utterance's nodes only: x ``[M, hidden]`` (one node per modality) ->
@@ -75,35 +92,34 @@ class RTGCN(nn.Module):
                 cache["operators"][length] = self._operators(graph(length), length, num_mod)
             mean, log_count = (op.to(x.device) for op in cache["operators"][length])
             nodes = inputs.transpose(0, 1).reshape(num_mod * length, -1)  # node m*W + n
-            h = self._relational_step(x, nodes, mean)
+            h = self._relational_step(x, nodes, mean, cache["weights"])
             return self.activation(self.norm(self._transformer_step(h, cache, log_count)))
 
     def _relational_step(
-        self, x: torch.Tensor, nodes: torch.Tensor, mean: torch.Tensor
+        self, x: torch.Tensor, nodes: torch.Tensor, mean: torch.Tensor, weights: dict
     ) -> torch.Tensor:
-        """RGCNConv for the new nodes: root term + per-relation mean of the sources."""
-        conv, num_mod = self.relational, x.shape[0]
-        aggregated = torch.einsum("mrs,sh->mrh", mean, nodes).reshape(num_mod, -1)
-        weight = conv.weight.reshape(-1, conv.weight.shape[-1])  # [R * in, out]
-        return aggregated @ weight + x @ conv.root + conv.bias
+        """RGCNConv for the new nodes: per-relation mean of the sources, and the root."""
+        aggregated = (mean.flatten(0, 1) @ nodes).view(x.shape[0], -1)  # [M, R * hidden]
+        inputs = torch.cat((aggregated, x), dim=1)
+        return torch.addmm(weights["relational_b"], inputs, weights["relational"])
 
     def _transformer_step(
         self, h: torch.Tensor, cache: dict[str, Any], log_count: torch.Tensor
     ) -> torch.Tensor:
         """TransformerConv for the new nodes: softmax over their incoming edges (an
         edge counted as often as it occurs) of the window's cached keys and values."""
-        conv, num_mod = self.transformer, h.shape[0]
-        heads, channels = conv.heads, conv.out_channels
-        query = conv.lin_query(h).view(num_mod, heads, channels)
-        new = torch.stack((conv.lin_key(h), conv.lin_value(h)))  # [2, M, heads * channels]
-        window = cache["keys_values"].push(new)  # [W, 2, M, heads * channels]
+        weights, num_mod = cache["weights"], h.shape[0]
+        heads, channels = self.transformer.heads, self.transformer.out_channels
+        projected = torch.addmm(weights["attention_b"], h, weights["attention"])
+        query, key, value, skip = projected.split(heads * channels, dim=1)
+        window = cache["keys_values"].push(torch.stack((key, value)))  # [W, 2, M, K * C]
         keys, values = (
-            window[:, k].transpose(0, 1).reshape(-1, heads, channels) for k in (0, 1)
-        )  # [M * W, heads, channels], node m*W + n
-        scores = torch.einsum("mkc,skc->mks", query, keys) / channels**0.5
-        alpha = (scores + log_count.unsqueeze(1)).softmax(-1)
-        out = torch.einsum("mks,skc->mkc", alpha, values).reshape(num_mod, heads * channels)
-        return out + conv.lin_skip(h)
+            window[:, k].transpose(0, 1).reshape(-1, heads, channels).transpose(0, 1)
+            for k in (0, 1)
+        )  # [K, M * W, C], node m*W + n
+        scores = torch.matmul(query.view(num_mod, heads, 1, channels), keys.transpose(1, 2))
+        alpha = (scores + log_count.view(num_mod, 1, 1, -1)).softmax(-1)  # [M, K, 1, M * W]
+        return torch.matmul(alpha, values).view(num_mod, heads * channels) + skip
 
     def _operators(
         self, edges: tuple[torch.Tensor, torch.Tensor], length: int, num_mod: int
