@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        device = str(select_device(args.device))
         results = [
-            measure(m, args.epochs, args.device, args.overrides) for m in args.modalities.split(",")
+            measure(m, args.epochs, device, args.overrides) for m in args.modalities.split(",")
         ]
     except INPUT_ERRORS as err:
         return report(err)
@@ -151,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "machine": platform.processor() or platform.machine(),
-            "device": args.device,
+            "device": device,
         },
     )
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     print(table)
     print(path)
     return 0

@@ -163,7 +163,7 @@ def init_stacked_cache(stacks: Sequence[AttentionStack], cross: bool = False) ->
     or one stack), with a context iff `cross`. It holds their weights as they are now,
     stacked ``[P, ...]`` with each LayerNorm's affine folded into the linear layer after
     it and the attention scale into the queries (a cache serves one dialogue of
-    inference), and per block a window of keys and values ``[W, P, 2, heads, d]``."""
+    inference), and per block a window of keys and values ``[2, P, heads, W, d]``."""
     if not all(s.causal for s in stacks):
         raise ValueError("only a causal attention stack can stream")
     first = stacks[0]
@@ -195,7 +195,7 @@ def init_stacked_cache(stacks: Sequence[AttentionStack], cross: bool = False) ->
         "norm": tuple(
             torch.stack([getattr(s.norm, a).detach() for s in stacks]) for a in ("weight", "bias")
         ),
-        "windows": [Window(window_size(first.window)) for _ in first.blocks],
+        "windows": [Window(window_size(first.window), dim=3) for _ in first.blocks],
     }
 
 
@@ -225,9 +225,10 @@ def stacked_step(
         query = norm(x)
         source = query if context is None else norm(context)
         q = linear(query, w, "q").view(p, heads, 1, -1)
-        kv = window.push(linear(source, w, "kv").view(p, 2, heads, -1))  # [W, P, 2, heads, d]
-        scores = torch.matmul(q, kv[:, :, 0].permute(1, 2, 3, 0))  # [P, heads, 1, W]
-        attended = torch.matmul(scores.softmax(-1), kv[:, :, 1].permute(1, 2, 0, 3))
+        kv = linear(source, w, "kv").view(p, 2, heads, -1).transpose(0, 1)
+        keys, values = window.push(kv)  # [P, heads, W, d] each
+        scores = torch.matmul(q, keys.transpose(-1, -2))  # [P, heads, 1, W]
+        attended = torch.matmul(scores.softmax(-1), values)  # [P, heads, 1, d]
         h = x + linear(attended.view(p, 1, dim), w, "out").view(p, dim)
         x = h + linear(torch.relu(linear(norm(h), w, "ff1")), w, "ff2").view(p, dim)
     weight, bias = cache["norm"]

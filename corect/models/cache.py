@@ -16,24 +16,28 @@ import torch
 
 
 class Window:
-    """The last `size` rows pushed (all of them when `size` is None), oldest first."""
+    """The last `size` rows pushed (all of them when `size` is None), oldest first,
+    stacked along dimension `dim` (the layout the layer reads them in)."""
 
-    def __init__(self, size: int | None) -> None:
+    def __init__(self, size: int | None, dim: int = 0) -> None:
         self.size = size
+        self.dim = dim
         self.rows: torch.Tensor | None = None
 
     def push(self, row: torch.Tensor) -> torch.Tensor:
-        """Append `row`; return the window stacked: ``[W, *row.shape]``."""
-        row = row.unsqueeze(0)
+        """Append `row`; return the window: `row`'s shape with W inserted at `dim`."""
+        row = row.unsqueeze(self.dim)
         if self.rows is None:
             self.rows = row
         else:
-            kept = self.rows if self.size is None or len(self) < self.size else self.rows[1:]
-            self.rows = torch.cat((kept, row))
+            kept = self.rows
+            if self.size is not None and len(self) >= self.size:
+                kept = kept.narrow(self.dim, 1, self.size - 1)
+            self.rows = torch.cat((kept, row), dim=self.dim)
         return self.rows
 
     def __len__(self) -> int:
-        return 0 if self.rows is None else self.rows.shape[0]
+        return 0 if self.rows is None else self.rows.shape[self.dim]
 
 
 def window_size(wp: int) -> int | None:

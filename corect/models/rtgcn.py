@@ -71,8 +71,8 @@ class RTGCN(nn.Module):
             "attention_b": torch.cat([lin.bias for lin in lins]) * scale,
         }
         return {
-            "inputs": Window(size),
-            "keys_values": Window(size),
+            "inputs": Window(size, dim=1),
+            "keys_values": Window(size, dim=2),
             "operators": {},
             "weights": {name: w.detach() for name, w in weights.items()},
         }
@@ -86,12 +86,12 @@ class RTGCN(nn.Module):
         count matrices (kept in the cache per window length). Float32, as forward."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
-            inputs = cache["inputs"].push(x)  # [W, M, hidden]
-            length, num_mod = inputs.shape[0], x.shape[0]
+            inputs = cache["inputs"].push(x)  # [M, W, hidden]
+            length, num_mod = inputs.shape[1], x.shape[0]
             if length not in cache["operators"]:
                 cache["operators"][length] = self._operators(graph(length), length, num_mod)
             mean, log_count = (op.to(x.device) for op in cache["operators"][length])
-            nodes = inputs.transpose(0, 1).reshape(num_mod * length, -1)  # node m*W + n
+            nodes = inputs.reshape(num_mod * length, -1)  # node m*W + n
             h = self._relational_step(x, nodes, mean, cache["weights"])
             return self.activation(self.norm(self._transformer_step(h, cache, log_count)))
 
@@ -112,14 +112,15 @@ class RTGCN(nn.Module):
         heads, channels = self.transformer.heads, self.transformer.out_channels
         projected = torch.addmm(weights["attention_b"], h, weights["attention"])
         query, key, value, skip = projected.split(heads * channels, dim=1)
-        window = cache["keys_values"].push(torch.stack((key, value)))  # [W, 2, M, K * C]
+        window = cache["keys_values"].push(torch.stack((key, value)))  # [2, M, W, K * C]
         keys, values = (
-            window[:, k].transpose(0, 1).reshape(-1, heads, channels).transpose(0, 1)
-            for k in (0, 1)
+            window[k].reshape(-1, heads, channels).transpose(0, 1) for k in (0, 1)
         )  # [K, M * W, C], node m*W + n
-        scores = torch.matmul(query.view(num_mod, heads, 1, channels), keys.transpose(1, 2))
-        alpha = (scores + log_count.view(num_mod, 1, 1, -1)).softmax(-1)  # [M, K, 1, M * W]
-        return torch.matmul(alpha, values).view(num_mod, heads * channels) + skip
+        query = query.view(num_mod, heads, channels).transpose(0, 1)  # [K, M, C]
+        scores = torch.bmm(query, keys.transpose(1, 2))  # [K, M, M * W]
+        alpha = (scores + log_count).softmax(-1)
+        out = torch.bmm(alpha, values).transpose(0, 1)  # [M, K, C]
+        return out.reshape(num_mod, heads * channels) + skip
 
     def _operators(
         self, edges: tuple[torch.Tensor, torch.Tensor], length: int, num_mod: int
