@@ -200,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m corect.stream",
         description=(
             "Stream dialogues utterance by utterance through a causal run (--run, --input),\n"
-            "or measure the streaming latency (--bench). The recognizer keeps, per layer,\n"
-            "the outputs of the last wp + 1 utterances and runs each layer on that window\n"
-            "only, so a push costs the same at any point of a long dialogue. With\n"
+            "or measure the streaming latency (--bench). Each layer computes only the new\n"
+            "utterance's row, from a cache of the last wp + 1 utterances (the model's step),\n"
+            "so a push costs the same at any point of a long dialogue. With\n"
             "model.wp = -1 (the whole past) the windows, and the cost, grow with the\n"
             "dialogue. Offline runs are refused: their predictions need later utterances."
         ),
