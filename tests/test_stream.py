@@ -196,3 +196,22 @@ def test_other_models_fall_back_to_recomputing() -> None:
     wrapped = StreamingRecognizer(Wrapped(rec.model), rec.config, LABELS, rec.dims)
     assert not wrapped.bounded
     assert_stream_equals_batch(wrapped)
+
+
+class Stepped(Wrapped):
+    """Any model with init_cache and step streams through them (no type dispatch)."""
+
+    def init_cache(self):
+        return {"inner": self.inner.init_cache(), "pushes": 0}
+
+    def step(self, features, party, position, cache):
+        cache["pushes"] += 1
+        return self.inner.step(features, party, position, cache["inner"])
+
+
+def test_any_model_with_a_step_streams_through_it() -> None:
+    rec = recognizer("context", "ta", trained=False, encoders={"t": "lstm", "a": "transformer"})
+    stepped = StreamingRecognizer(Stepped(rec.model), rec.config, LABELS, rec.dims)
+    assert stepped.bounded
+    assert_stream_equals_batch(stepped)
+    assert stepped.cache["pushes"] == len(SPEAKERS)
