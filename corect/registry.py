@@ -56,7 +56,7 @@ DEFAULT_VARIANTS = (
 
 # Plain references, marked in benchmark figures: CORECT without its context parts, and
 # the recurrent context model over any fusion.
-REFERENCES = ("corect-context-free", "context")
+REFERENCES = ("corect-context-free", "context", "ref-mlp", "ref-gru")
 
 
 def is_reference(variant: str) -> bool:
