@@ -311,14 +311,7 @@ def convert(argv: Sequence[str] | None = None) -> Path:
     }
     encoder = text_encoder_from_args(args)
     all_records = [r for split in SPLITS for r in records[split]]
-    for record, vectors in zip(
-        all_records,
-        encoder.encode_dialogues(
-            [r.texts or [] for r in all_records], [r.speakers for r in all_records]
-        ),
-        strict=True,
-    ):
-        record.features["t"] = vectors
+    encoder.encode_records(all_records)
     extra["text_features"] = encoder.description
     dims = {"t": encoder.dim}
 

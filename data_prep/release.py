@@ -296,15 +296,7 @@ def convert_release(
                     f"{args.pickle}: split {split!r}, dialogue {missing[0]!r}: field "
                     "'sentences' is missing, needed by --text-from-sentences"
                 )
-        all_records = [r for records in splits.values() for r in records]
-        for record, vectors in zip(
-            all_records,
-            encoder.encode_dialogues(
-                [r.texts or [] for r in all_records], [r.speakers for r in all_records]
-            ),
-            strict=True,
-        ):
-            record.features["t"] = vectors
+        encoder.encode_records([r for records in splits.values() for r in records])
         extra["text_features"] = encoder.description
     all_records = [r for records in splits.values() for r in records]
     dims = feature_dims(all_records, args.modalities)

@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from corect.data.cache import VectorCache
+from corect.data.format import DialogueRecord
 from corect.errors import InputError
 
 DEFAULT_CACHE_DIR = Path("runs/.cache/text_features")
@@ -325,3 +326,12 @@ class TextEncoder:
         vectors = self.encode([t for texts in inputs for t in texts])
         bounds = np.cumsum([0, *(len(texts) for texts in dialogue_texts)])
         return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def encode_records(self, records: Sequence[DialogueRecord]) -> None:
+        """Set ``features["t"]`` of every record from its texts and speakers (one
+        :meth:`encode_dialogues` call over all of them)."""
+        vectors = self.encode_dialogues(
+            [r.texts or [] for r in records], [r.speakers for r in records]
+        )
+        for record, array in zip(records, vectors, strict=True):
+            record.features["t"] = array
