@@ -20,6 +20,7 @@ from corect.data.text_encoder import (
 )
 from corect.metrics import classification_metrics
 from data_prep import finetune_text as ft
+from data_prep import text_finetuning as tf
 
 LABELS = ["joy", "sadness", "neutral"]
 WORDS = {0: "great happy fun yes", 1: "bad sad awful no", 2: "okay fine the a"}
@@ -77,9 +78,9 @@ def data(tmp_path_factory) -> Path:
     return tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
-def run(data: Path, base: Path, out: Path, **settings) -> ft.FinetuneResult:
+def run(data: Path, base: Path, out: Path, **settings) -> tf.FinetuneResult:
     values = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "progress": False, **settings}
-    return ft.finetune(ft.FinetuneConfig(data=data, out=out, model=base, **values))
+    return tf.finetune(tf.FinetuneConfig(data=data, out=out, model=base, **values))
 
 
 def features(model: Path, texts, speakers=None) -> np.ndarray:
@@ -99,12 +100,12 @@ def split_texts(data: Path, split: str) -> tuple[list[list[str]], list[list[str]
 
 
 @pytest.fixture(scope="module")
-def full_model(tmp_path_factory, data, base) -> ft.FinetuneResult:
+def full_model(tmp_path_factory, data, base) -> tf.FinetuneResult:
     return run(data, base, tmp_path_factory.mktemp("full") / "model", mode="full")
 
 
 @pytest.fixture(scope="module")
-def context_model(tmp_path_factory, data, base) -> ft.FinetuneResult:
+def context_model(tmp_path_factory, data, base) -> tf.FinetuneResult:
     out = tmp_path_factory.mktemp("ctx") / "model"
     return run(data, base, out, mode="full", context=2)
 
@@ -260,7 +261,7 @@ def test_interrupted_save_keeps_the_previous_model(full_model, data, base, tmp_p
         Path(path).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ft, "save_file", interrupted)
+    monkeypatch.setattr(tf, "save_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(data, base, out, mode="full", epochs=1, max_steps=1)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
@@ -279,7 +280,7 @@ def test_bad_input_names_the_file_and_field(data, base, tmp_path, capsys):
     texts = json.loads((copy / "dev.texts.json").read_text())
     texts[1] = texts[1][:-1]
     (copy / "dev.texts.json").write_text(json.dumps(texts))
-    with pytest.raises(ft.FinetuneError, match=r"dev\.texts\.json: dialogue 'dv1' has 3 texts"):
+    with pytest.raises(tf.FinetuneError, match=r"dev\.texts\.json: dialogue 'dv1' has 3 texts"):
         run(copy, base, tmp_path / "m", epochs=1)
     (copy / "train.texts.json").unlink()
     status = ft.main(["--data", str(copy), "--model", str(base), "--out", str(tmp_path / "m")])
@@ -289,12 +290,12 @@ def test_bad_input_names_the_file_and_field(data, base, tmp_path, capsys):
 
 
 def test_class_weights_and_length_batches():
-    weights = ft.class_weights([0, 0, 0, 1], 3, "balanced")
+    weights = tf.class_weights([0, 0, 0, 1], 3, "balanced")
     assert weights.tolist() == pytest.approx([4 / 9, 4 / 3, 1.0])
-    assert ft.class_weights([0, 1], 2, "none") is None
-    assert ft.class_weights([0, 0, 0, 1], 3, "sqrt")[1] == pytest.approx((4 / 3) ** 0.5)
+    assert tf.class_weights([0, 1], 2, "none") is None
+    assert tf.class_weights([0, 0, 0, 1], 3, "sqrt")[1] == pytest.approx((4 / 3) ** 0.5)
     lengths = [7, 3, 9, 1, 4, 4, 8, 2, 6, 5]
-    batches = ft.length_batches(lengths, 3, torch.Generator().manual_seed(0), pool=10)
+    batches = tf.length_batches(lengths, 3, torch.Generator().manual_seed(0), pool=10)
     assert sorted(i for b in batches for i in b) == list(range(10))
     spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
     # Batches do not overlap in length.
