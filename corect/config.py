@@ -231,8 +231,9 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
     checks += [(k, v[k] >= -1, "use -1 (unbounded) or >= 0") for k in ("model.wp", "model.wf")]
     for key in ("model.dropout", "model.attention_dropout", "train.modality_dropout"):
         checks.append((key, 0 <= v[key] < 1, "must be in [0, 1)"))
-    for key in ("model.num_speakers", "train.weight_decay", "train.grad_clip"):
+    for key in ("train.weight_decay", "train.grad_clip"):
         checks.append((key, v[key] >= 0, "must be >= 0 (0 = off)"))
+    checks.append(("model.num_speakers", v["model.num_speakers"] >= 0, "0 (from the data) or more"))
     for key in ("train.seed", "data.synthetic.seed"):
         checks.append((key, 0 <= v[key] < 2**32, "must be in 0 .. 2**32 - 1"))
     min_length = v["data.synthetic.min_length"]

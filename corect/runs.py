@@ -188,8 +188,8 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
         first = (str(err).splitlines() or [""])[0][:120]
         if "Weights only load failed" in first:
             raise CheckpointError(
-                f"{path}: refused: not a checkpoint written by corect (it holds Python objects "
-                "other than tensors and plain values, which are never unpickled)"
+                f"{path}: refused: not a checkpoint written by corect (damaged, or it holds "
+                "Python objects other than tensors and plain values, which are never unpickled)"
             ) from None
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({type(err).__name__}: {first}); is it "

@@ -167,6 +167,11 @@ def abandon_run(run_dir: Path, err: BaseException) -> None:
         note = f"the run is marked failed in {run_dir / RUN_STATUS}"
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in (run_dir.parent, run_dir.parent.parent):  # group folders left empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
         note = f"its folder {run_dir} was removed (no checkpoint yet)"
     log.info("run failed: %s; %s", reason, note)
     if isinstance(err, InputError) and err.args:
