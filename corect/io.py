@@ -94,10 +94,13 @@ def recover(path: str | Path) -> None:
     are touched."""
     path = Path(path)
     for entry, kind in _leftovers(path):
-        if kind == "old" and not os.path.lexists(path):
-            entry.rename(path)
-        else:
-            _remove(entry)
+        try:
+            if kind == "old" and not os.path.lexists(path):
+                entry.rename(path)
+            else:
+                _remove(entry)
+        except OSError:  # another process recovered it first
+            pass
 
 
 def _check_parent(path: Path) -> None:

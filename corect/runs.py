@@ -278,9 +278,11 @@ def run_status(run_dir: str | Path) -> str:
         return "completed" if done else "incomplete: no metrics.json"
     try:
         info = read_json(path)
-        status, pid = str(info["status"]), info.get("pid")
-    except (InputError, KeyError, TypeError):
+    except InputError:
+        info = None
+    if not isinstance(info, dict) or "status" not in info:
         return f"unknown: {path} is unreadable"
+    status, pid = str(info["status"]), info.get("pid")
     if status == "running" and info.get("host") == HOST and isinstance(pid, int):
         if not process_alive(pid):
             return "interrupted: its process ended before the run finished"

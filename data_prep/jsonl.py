@@ -38,7 +38,7 @@ from data_prep.options import (
     run_main,
     text_encoder_from_args,
 )
-from data_prep.output import check_out, feature_dims, write_and_summarize
+from data_prep.output import check_out_folder, feature_dims, write_and_summarize
 
 __all__ = ["JsonlError", "build_parser", "convert", "dialogue_records", "main", "read_jsonl"]
 
@@ -92,7 +92,7 @@ def convert(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     name = args.name or args.inputs[0].stem
     out = args.out or Path(f"runs/data/{name}")
-    check_out(out, args)
+    check_out_folder(out, args)
     dialogues: list[JsonlDialogue] = []
     seen: dict[str, str] = {}
     for path in args.inputs:

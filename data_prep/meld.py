@@ -23,7 +23,7 @@ from data_prep.options import (
     run_main,
     text_encoder_from_args,
 )
-from data_prep.output import check_out, write_and_summarize
+from data_prep.output import check_out_folder, write_and_summarize
 
 TASK_LABELS = {
     "emotion": ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],
@@ -288,7 +288,7 @@ def convert(argv: Sequence[str] | None = None) -> Path:
     """Parse `argv`, convert, print the summary; return the dataset directory."""
     args = build_parser().parse_args(argv)
     out = args.out or Path(f"runs/data/meld_{args.task}")
-    check_out(out, args)
+    check_out_folder(out, args)
     labels = TASK_LABELS[args.task]
     index = label_index(labels)
     column = TASK_COLUMNS[args.task]

@@ -18,7 +18,7 @@ from corect.io import inside
 from data_prep.options import MODALITY_NAMES, ConversionError
 
 
-def check_out(out: Path, args: argparse.Namespace) -> None:
+def check_out_folder(out: Path, args: argparse.Namespace) -> None:
     """Refuse, before any work, an output folder whose replacement would destroy what the
     converter did not write: an existing folder that is not a corect dataset, the current
     folder (or one holding it), or one that is or holds an input (any path option)."""

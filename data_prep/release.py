@@ -25,7 +25,7 @@ from data_prep.options import (
     parse_modalities,
     text_encoder_from_args,
 )
-from data_prep.output import check_out, dev_from_train, feature_dims, write_and_summarize
+from data_prep.output import check_out_folder, dev_from_train, feature_dims, write_and_summarize
 
 PICKLE_WARNING = """\
 This file is a Python pickle; only open files you trust. It is read with a restricted
@@ -283,7 +283,7 @@ def convert_release(
     if not 0.0 <= args.dev_fraction < 1.0:
         raise ConversionError(f"--dev-fraction {args.dev_fraction}: must be in [0, 1)")
     out = args.out or Path(f"runs/data/{dataset}_{args.task}")
-    check_out(out, args)
+    check_out_folder(out, args)
     release = read_feature_release(args.pickle)
     train_ids, dev_ids = dev_from_train(release.train_ids, args.dev_fraction)
     split_ids = {"train": train_ids, "dev": dev_ids, "test": release.test_ids}

@@ -261,6 +261,8 @@ def test_a_failed_run_with_a_checkpoint_is_marked_failed(tmp_path):
     abandon_run(run_dir, err)
     assert run_status(run_dir) == "failed: training diverged"
     assert "marked failed" in str(err)
+    (run_dir / "run.json").write_text("[1]")
+    assert run_status(run_dir).startswith("unknown")
 
 
 # --- 4. corrupt files are named ------------------------------------------------------------
