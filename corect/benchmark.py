@@ -42,7 +42,7 @@ from typing import Any
 
 from corect import plots
 from corect.config import Config, ConfigError, add_overrides_argument, load_config
-from corect.errors import INPUT_ERRORS, report
+from corect.errors import INPUT_ERRORS, InputError, report
 from corect.experiments import (
     experiment_log,
     fmt_mean_std,
@@ -53,7 +53,7 @@ from corect.experiments import (
     train_or_reuse,
     training_config,
 )
-from corect.io import write_atomic
+from corect.io import read_json, write_atomic
 from corect.registry import DEFAULT_VARIANTS, VARIANTS, is_reference
 from corect.runtime import keep_freed_memory
 
@@ -320,10 +320,11 @@ def mode_of(config: Config) -> str:
 
 def read_run(model: str, seed: int, run_dir: Path, out: Path) -> RunResult:
     """The RunResult of a finished run directory (its metrics.json)."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    missing = [k for k, _ in METRICS if k not in metrics.get("test", {})]
+    metrics = read_json(run_dir / "metrics.json")
+    test = metrics.get("test") if isinstance(metrics, dict) else None
+    missing = [k for k, _ in METRICS if not isinstance(test, dict) or k not in test]
     if missing:
-        raise KeyError(f"{run_dir / 'metrics.json'}: test metrics {missing} missing")
+        raise InputError(f"{run_dir / 'metrics.json'}: test metrics {missing} missing")
     try:
         shown = str(run_dir.resolve().relative_to(out.resolve()))
     except ValueError:
@@ -342,7 +343,9 @@ def run_one(
         result = read_run(model, seed, train_or_reuse(config, train_fn, out / "runs"), out)
     except Exception as err:
         log.error("model %s seed %d failed: %s", model, seed, err)
-        raise RuntimeError(f"benchmark: model {model!r} (seed {seed}) failed: {err}") from err
+        # Bad input (a diverged run, a bad file) stays an input error: one line, exit 2.
+        kind = InputError if isinstance(err, INPUT_ERRORS) else RuntimeError
+        raise kind(f"benchmark: model {model!r} (seed {seed}) failed: {err}") from err
     log.info(
         "done %s seed %d in %.0fs: test wF1 %.2f%%, acc %.2f%%",
         model,

@@ -272,6 +272,14 @@ def compare(
         if not (runs and causal_runs):
             raise ConfigError("give both --runs (offline) and --causal-runs")
         plan = [("offline", Path(r)) for r in runs] + [("causal", Path(r)) for r in causal_runs]
+        given: dict[Path, str] = {}
+        for mode, run_dir in plan:
+            if run_dir.resolve() in given:
+                raise ConfigError(
+                    f"{run_dir} is given twice (as {given[run_dir.resolve()]} and {mode}); "
+                    "each run counts once"
+                )
+            given[run_dir.resolve()] = mode
         base = load_run(plan[0][1])[0]
     else:
         if not seeds:
@@ -306,6 +314,14 @@ def compare(
                 raise ConfigError(
                     f"{run_dir}: model.causal={config.model.causal}, but it was given as "
                     f"{'a causal' if expected else 'an offline'} run"
+                )
+            twin = [
+                r.run_dir for r in comparison.runs if (r.mode, r.seed) == (mode, config.train.seed)
+            ]
+            if twin:
+                raise ConfigError(
+                    f"{run_dir}: {mode} run with seed {config.train.seed}, like {twin[0]}; "
+                    "runs of one seed are not independent: give runs of distinct seeds"
                 )
             configs[str(run_dir)] = config
             check_comparable(configs)

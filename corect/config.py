@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -141,67 +142,118 @@ class Config:
                 f"data.modalities={mods!r}: use distinct letters from {''.join(MODALITIES)}, "
                 "for example 'tav', 'ta' or 't'"
             )
-        m = self.model
+        m, t = self.model, self.train
         if m.name not in MODEL_NAMES:
             raise ConfigError(f"model.name={m.name!r}: choose one of {', '.join(MODEL_NAMES)}")
         if m.fusion not in FUSION_NAMES:
             raise ConfigError(f"model.fusion={m.fusion!r}: choose a fusion baseline name")
-        for mod in mods:
-            kind = m.encoders.get(mod)
+        for mod, kind in m.encoders.items():
+            _check_modality_key("model.encoders", mod)
             if kind not in ENCODER_KINDS:
                 raise ConfigError(
                     f"model.encoders.{mod}={kind!r}: choose one of {', '.join(ENCODER_KINDS)}"
                 )
+        for mod in mods:
+            if mod not in m.encoders:
+                raise ConfigError(f"model.encoders.{mod} is missing (data.modalities={mods!r})")
         if m.edge_types not in EDGE_TYPES:
             raise ConfigError(f"model.edge_types={m.edge_types!r}: one of {', '.join(EDGE_TYPES)}")
         if m.gate_bias_modality not in MODALITIES:
             raise ConfigError(f"model.gate_bias_modality={m.gate_bias_modality!r}: t, a or v")
-        if not m.input_clip > 0:
-            raise ConfigError(f"model.input_clip={m.input_clip}: must be positive")
-        for key in ("wp", "wf"):
-            if getattr(m, key) < -1:
-                raise ConfigError(f"model.{key}={getattr(m, key)}: use -1 (unbounded) or >= 0")
-        positive = {
-            "model.hidden_size": m.hidden_size,
-            "model.encoder_layers": m.encoder_layers,
-            "model.encoder_heads": m.encoder_heads,
-            "model.gnn_heads": m.gnn_heads,
-            "model.pcm_layers": m.pcm_layers,
-            "model.pcm_heads": m.pcm_heads,
-            "model.pcm_self_layers": m.pcm_self_layers,
-            "model.lowrank_rank": m.lowrank_rank,
-            "model.context_layers": m.context_layers,
-            "train.epochs": self.train.epochs,
-            "train.batch_size": self.train.batch_size,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key}={value}: must be at least 1")
-        if m.hidden_size % m.encoder_heads:
-            raise ConfigError(
-                f"model.hidden_size={m.hidden_size} must be divisible by "
-                f"model.encoder_heads={m.encoder_heads}"
-            )
-        if m.hidden_size % m.pcm_heads:
-            raise ConfigError(
-                f"model.hidden_size={m.hidden_size} must be divisible by "
-                f"model.pcm_heads={m.pcm_heads}"
-            )
-        for key, value in (
-            ("model.dropout", m.dropout),
-            ("model.attention_dropout", m.attention_dropout),
-            ("train.modality_dropout", self.train.modality_dropout),
-        ):
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"{key}={value}: must be in [0, 1)")
-        t = self.train
+        self._check_synthetic()
+        for key, value in _flat_values(self):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key}={value}: must be a finite number")
+        values = dict(_flat_values(self))
+        for key, ok, requirement in _range_checks(self):
+            if not ok:
+                raise ConfigError(f"{key}={values[key]}: {requirement}")
+        for heads in ("encoder_heads", "pcm_heads"):
+            if m.hidden_size % getattr(m, heads):
+                raise ConfigError(
+                    f"model.hidden_size={m.hidden_size} must be divisible by "
+                    f"model.{heads}={getattr(m, heads)}"
+                )
         if t.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"train.optimizer={t.optimizer!r}: adam or adamw")
-        if t.lr <= 0:
-            raise ConfigError(f"train.lr={t.lr}: must be positive")
         if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
             raise ConfigError(f"train.device={t.device!r}: auto, cpu, cuda or cuda:N")
         return self
+
+    def _check_synthetic(self) -> None:
+        """The synthetic dataset's dims: known modalities, positive sizes, every used one."""
+        dims = self.data.synthetic.dims
+        for mod, dim in dims.items():
+            _check_modality_key("data.synthetic.dims", mod)
+            if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+                raise ConfigError(f"data.synthetic.dims.{mod}={dim!r}: must be an integer >= 1")
+        if not self.data.path:
+            for mod in self.data.modalities:
+                if mod not in dims:
+                    raise ConfigError(
+                        f"data.synthetic.dims has no {mod!r} (data.modalities="
+                        f"{self.data.modalities!r})"
+                    )
+
+
+def _check_modality_key(where: str, key: Any) -> None:
+    if key not in MODALITIES:
+        raise ConfigError(
+            f"unknown key {where}.{key}; known keys under {where}: {', '.join(MODALITIES)}"
+        )
+
+
+def _flat_values(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a config dataclass."""
+    out = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _flat_values(value, f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", value))
+    return out
+
+
+POSITIVE_INTS = (
+    "model.hidden_size model.encoder_layers model.encoder_heads model.gnn_heads "
+    "model.pcm_layers model.pcm_heads model.pcm_self_layers model.lowrank_rank "
+    "model.moe_experts_hidden model.context_layers train.epochs train.batch_size "
+    "data.synthetic.train_dialogues data.synthetic.dev_dialogues "
+    "data.synthetic.test_dialogues data.synthetic.min_length"
+).split()
+
+
+def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
+    """(key, whether its value is in range, the requirement) for every numeric key."""
+    v = dict(_flat_values(config))
+    checks = [(key, v[key] >= 1, "must be at least 1") for key in POSITIVE_INTS]
+    checks += [(k, v[k] >= -1, "use -1 (unbounded) or >= 0") for k in ("model.wp", "model.wf")]
+    for key in ("model.dropout", "model.attention_dropout", "train.modality_dropout"):
+        checks.append((key, 0 <= v[key] < 1, "must be in [0, 1)"))
+    for key in ("train.weight_decay", "train.grad_clip"):
+        checks.append((key, v[key] >= 0, "must be >= 0 (0 = off)"))
+    checks.append(("model.num_speakers", v["model.num_speakers"] >= 0, "0 (from the data) or more"))
+    for key in ("train.seed", "data.synthetic.seed"):
+        checks.append((key, 0 <= v[key] < 2**32, "must be in 0 .. 2**32 - 1"))
+    min_length = v["data.synthetic.min_length"]
+    return checks + [
+        ("model.input_clip", v["model.input_clip"] > 0, "must be positive"),
+        ("train.lr", v["train.lr"] > 0, "must be positive"),
+        (
+            "train.scheduler_factor",
+            0 < v["train.scheduler_factor"] < 1,
+            "must be in (0, 1): the learning rate is multiplied by it on a plateau",
+        ),
+        ("train.scheduler_patience", v["train.scheduler_patience"] >= -1, "-1 (off) or >= 0"),
+        ("train.early_stopping", v["train.early_stopping"] >= 0, "use 0 (off) or >= 1"),
+        ("data.synthetic.noise", v["data.synthetic.noise"] >= 0, "must be >= 0"),
+        (
+            "data.synthetic.max_length",
+            v["data.synthetic.max_length"] >= min_length,
+            f"must be at least data.synthetic.min_length={min_length}",
+        ),
+    ]
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -305,9 +357,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (not UTF-8); give a YAML config") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"{path}: expected a mapping of the sections data, model, train (for example "
+                f"'train: {{epochs: 5}}'), got a {type(values).__name__}"
+            )
     values = apply_overrides(values, overrides or [])
     try:
         return config_from_dict(values)

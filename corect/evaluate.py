@@ -4,7 +4,9 @@ Reloads the run's checkpoint (``torch.load(weights_only=True)``: no unpickling o
 and its dataset, prints accuracy, weighted/macro F1 and a per-class table, and writes
 ``RUN_DIR/eval-<split>.json`` and the confusion matrix ``RUN_DIR/confusion-<split>.png``
 (as ``corect.train`` draws it). The scores equal the ones in ``metrics.json``, since both
-come from :func:`corect.runs.evaluate_split` on the same checkpoint.
+come from :func:`corect.runs.evaluate_split` on the same checkpoint. A dataset that is not
+the one the run was trained on (labels, dims, fingerprint) is refused before anything is
+written; a run that did not complete is scored with a warning.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from corect import plots
 from corect.data.format import Dataset, DatasetError
 from corect.errors import INPUT_ERRORS, report
 from corect.io import write_json_atomic
-from corect.runs import DEFAULT_DEVICE, evaluate_split, load_data, load_run, select_device
+from corect.runs import (
+    DEFAULT_DEVICE,
+    check_run_data,
+    evaluate_split,
+    load_data,
+    load_run,
+    select_device,
+)
 
 
 def format_report(metrics: dict[str, Any], title: str) -> str:
@@ -47,6 +56,7 @@ def evaluate_run(
     torch_device = select_device(device)
     config, model, checkpoint = load_run(run_dir, str(torch_device))
     dataset = dataset or load_data(config)
+    check_run_data(run_dir, checkpoint, dataset)  # before anything is written
     if split not in dataset.splits:
         raise DatasetError(f"split {split!r} not in dataset {dataset.path}")
     metrics, loss = evaluate_split(

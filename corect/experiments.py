@@ -24,6 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from corect.config import Config, ConfigError, load_config
+from corect.runs import run_status
 
 log = logging.getLogger("corect.experiments")
 # Config keys that may differ between the runs being compared.
@@ -133,9 +134,9 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def finished_run(runs_dir: Path, config: Config) -> Path | None:
-    """A run under `runs_dir` that finished (metrics.json written) with exactly `config`
-    (its place and progress bars aside), or None. Lets an interrupted experiment, run
-    again with the same output, keep the runs it already has."""
+    """A run under `runs_dir` that completed (run.json; metrics.json for older runs) with
+    exactly `config` (its place and progress bars aside), or None. Lets an interrupted
+    experiment, run again with the same output, keep the runs it already has."""
     wanted = _comparable(config.to_dict())
     name = config.train.run_name
     if not name or not runs_dir.is_dir():
@@ -143,6 +144,8 @@ def finished_run(runs_dir: Path, config: Config) -> Path | None:
     for metrics in sorted(runs_dir.glob(f"**/{name}*/metrics.json")):
         run_dir = metrics.parent
         if run_dir.name != name and not run_dir.name.removeprefix(f"{name}-").isdigit():
+            continue
+        if run_status(run_dir) != "completed":
             continue
         try:
             saved = load_config(run_dir / "config.yaml").to_dict()

@@ -32,22 +32,28 @@ def dataset_text_features(config: Config) -> dict[str, Any] | None:
     manifest = Path(config.data.path) / "manifest.json"
     try:
         return json.loads(manifest.read_text()).get("text_features")
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, AttributeError):
         return None
 
 
 def text_encoder_for_run(
-    config: Config, dim: int, text_model: str | Path | None = None, cache: bool = True
+    config: Config,
+    dim: int,
+    text_model: str | Path | None = None,
+    cache: bool = True,
+    recorded: dict[str, Any] | None = None,
 ) -> TextEncoder:
     """The text encoder with the model the run's text features were made with.
 
+    `recorded`: the checkpoint's record of them (``{}``: not made by our encoder; None,
+    for checkpoints of older versions: read the run's dataset manifest instead).
     `text_model` overrides the model directory (needed when the run's dataset is not on
     this machine). Fails with :class:`PredictError` when the run's text features did not
-    come from this encoder, or the model differs from the one recorded in the manifest."""
+    come from this encoder, or the model differs from the recorded one."""
     from corect.data.text_encoder import DEFAULT_CACHE_DIR, TextEncoder
 
-    info = dataset_text_features(config)
-    if info is None and text_model is None:
+    info = recorded if recorded is not None else dataset_text_features(config)
+    if not info and text_model is None:
         where = config.data.path or "the embedded synthetic dataset"
         raise PredictError(
             f"the run was trained on {where}, whose text features were not made by "
@@ -59,7 +65,7 @@ def text_encoder_for_run(
     if model_dir is not None and not Path(model_dir).is_dir():
         model_dir = None  # recorded on another machine: fall back to the bundled model
     encoder = TextEncoder(model_dir, cache_dir=DEFAULT_CACHE_DIR if cache else None, progress=False)
-    if info is not None and info.get("identity") not in (None, encoder.identity):
+    if info and info.get("identity") not in (None, encoder.identity):
         raise PredictError(
             f"text model {encoder.model_dir} (identity {encoder.identity}) is not the one the "
             f"run's text features were made with ({info.get('model')}, identity "

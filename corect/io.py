@@ -1,15 +1,29 @@
-"""Atomic file writes: a result file is either the old one or the complete new one."""
+"""Safe file writes and reads.
+
+Writes are atomic: a result file is either the old one or the complete new one, and a
+replaced directory stays recoverable after a kill at any moment. Temporary entries are
+siblings named ``.<name>.tmp-<host>-<pid>-<random>`` (and ``.<name>.old-<host>-<pid>-x``
+for a directory being replaced), so the next writer or reader of the same path can tell
+which ones a dead process of this machine left and finish its work (:func:`recover`).
+Reads of JSON go through :func:`read_json`, whose errors name the file.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from corect.errors import InputError
+
+HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 
 
 def _umask() -> int:
@@ -34,14 +48,81 @@ def set_default_permissions(path: str | Path) -> None:
     os.chmod(path, base & ~_umask())
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prefix(path: Path, kind: str) -> str:
+    return f".{path.name}.{kind}-{HOST}-{os.getpid()}-"
+
+
+def _leftovers(path: Path) -> list[tuple[Path, str]]:
+    """(entry, 'tmp' or 'old') beside `path` that a dead writer of this machine left."""
+    pattern = re.compile(
+        rf"^\.{re.escape(path.name)}\.(tmp|old)-(.+)-(\d+)-[A-Za-z0-9_]+$", re.ASCII
+    )
+    found = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and match[2] == HOST and not process_alive(int(match[3])):
+            found.append((entry, match[1]))
+    return sorted(found, key=lambda item: item[1] != "old")  # 'old' first
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def recover(path: str | Path) -> None:
+    """Finish what a killed writer of `path` left: when `path` is missing and the writer
+    had moved the previous version aside, put it back; remove its temporary entries.
+    Only entries named by our writers, of processes of this machine that no longer run,
+    are touched."""
+    path = Path(path)
+    for entry, kind in _leftovers(path):
+        try:
+            if kind == "old" and not os.path.lexists(path):
+                entry.rename(path)
+            else:
+                _remove(entry)
+        except OSError:  # another process recovered it first
+            pass
+
+
+def _check_parent(path: Path) -> None:
+    if not path.name or path.name in (".", ".."):
+        raise InputError(f"{path}: give a file or folder name, not {str(path)!r}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{path}: cannot create its folder {path.parent}: {err}") from None
+
+
 @contextmanager
 def atomic_target(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write to; on success it gets the usual
     file mode and is renamed over `path`, on failure it is removed. So `path` is always
-    either the old file or the complete new one."""
+    either the old file or the complete new one. A folder at `path` is refused."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    _check_parent(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name")
+    recover(path)
+    fd, name = tempfile.mkstemp(prefix=_prefix(path, "tmp"), dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -54,20 +135,32 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(path: str | Path, refuse: Callable[[Path], str | None]) -> Iterator[Path]:
     """Yield a temporary directory beside `path` to fill; on success it (and what it
-    holds) gets the usual modes and replaces `path`, on failure it is removed. So `path`
-    is always either the old directory or the complete new one (an interrupted run
-    leaves at most a hidden ``.<name>.tmp-*`` sibling)."""
+    holds) gets the usual modes and replaces `path`, on failure it is removed.
+
+    An existing `path` is replaced only when ``refuse(path)`` returns None (it returns
+    why the folder is not one we may replace: :class:`InputError`, before anything is
+    written). A kill at any moment leaves `path` either the old directory, the new one, or
+    missing with the old one beside it, which :func:`recover` (run by the next writer and
+    by readers) puts back."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _check_parent(path)
+    recover(path)
+    if os.path.lexists(path):
+        reason = refuse(path) if path.is_dir() and not path.is_symlink() else "not a folder"
+        if reason:
+            raise InputError(
+                f"{path} exists and {reason}; nothing was written or removed. Choose a new "
+                "name, or move it away yourself"
+            )
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path, "tmp"), dir=path.parent))
     try:
         yield tmp
         for item in (tmp, *tmp.rglob("*")):
             set_default_permissions(item)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if os.path.lexists(path):
+            old = path.with_name(f"{_prefix(path, 'old')}x")
             path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old, ignore_errors=True)
@@ -87,3 +180,36 @@ def write_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """:func:`write_atomic` of `data` as indented JSON."""
     write_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def read_json(path: str | Path, error: type[InputError] = InputError) -> Any:
+    """The JSON value of a file; a missing, unreadable or invalid file raises `error`
+    naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: not found") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file (not UTF-8)") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err}); is the file truncated?") from None
+    except OSError as err:
+        raise error(f"{path}: cannot be read: {err.strerror or err}") from None
+
+
+def check_output(output: str | Path | None, *inputs: str | Path) -> None:
+    """Refuse an output file that is a folder or one of the command's inputs."""
+    if output is None:
+        return
+    if Path(output).is_dir():
+        raise InputError(f"{output}: is a folder; give a file name for the output")
+    for given in inputs:
+        if Path(given).exists() and Path(output).resolve() == Path(given).resolve():
+            raise InputError(f"{output}: is also the input; give another output file")
+
+
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (symbolic links resolved)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return path == folder or folder in path.parents

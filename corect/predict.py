@@ -29,7 +29,7 @@ from typing import Any
 
 from corect.errors import INPUT_ERRORS, report
 from corect.inputs import check_speakers, split_from_records, text_encoder_for_run
-from corect.io import write_atomic
+from corect.io import check_output, write_atomic
 from corect.metrics import classification_metrics
 from corect.runs import DEFAULT_DEVICE, load_run, predict, select_device
 
@@ -54,7 +54,10 @@ def predict_file(
     labels, dims = list(checkpoint["labels"]), dict(checkpoint["dims"])
     dialogues = read_jsonl(input_path, labels, require_labels=False, default_split="test")
     needs_text = "t" in dims and not any("t" in f for d in dialogues for f in d.features)
-    encoder = text_encoder_for_run(config, dims["t"], text_model) if needs_text else None
+    encoder = None
+    if needs_text:
+        recorded = checkpoint.get("text_features")
+        encoder = text_encoder_for_run(config, dims["t"], text_model, recorded=recorded)
     records = dialogue_records(dialogues, labels, "".join(dims), encoder)
     split = split_from_records(records, dims)
     check_speakers(split, checkpoint["num_speakers"], config.model.use_speaker)
@@ -146,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_output(args.output, args.input)
         result = predict_file(
             args.run,
             args.input,

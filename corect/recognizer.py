@@ -52,6 +52,7 @@ class StreamingRecognizer:
         *,
         device: str | torch.device = "cpu",
         text_model: str | Path | None = None,
+        text_features: dict[str, Any] | None = None,
     ) -> None:
         if not config.model.causal:
             raise ConfigError(
@@ -65,6 +66,7 @@ class StreamingRecognizer:
         self.dims = dict(dims)
         self.device = torch.device(device)
         self.text_model = text_model
+        self.text_record = text_features  # the checkpoint's record (None: older checkpoint)
         self._text_encoder: TextEncoder | None = None
         self.stepping = callable(getattr(model, "step", None))
         self.bounded = self.stepping and config.model.wp >= 0
@@ -89,6 +91,7 @@ class StreamingRecognizer:
             checkpoint["dims"],
             device=device,
             text_model=text_model,
+            text_features=checkpoint.get("text_features"),
         )
 
     def reset(self) -> None:
@@ -107,7 +110,7 @@ class StreamingRecognizer:
         fine-tuned with past context gets the same inputs: this dialogue's last turns."""
         if self._text_encoder is None:
             self._text_encoder = text_encoder_for_run(
-                self.config, self.dims["t"], self.text_model, cache=False
+                self.config, self.dims["t"], self.text_model, False, self.text_record
             )
         encoder = self._text_encoder
         if encoder.context:

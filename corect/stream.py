@@ -51,7 +51,7 @@ from corect.data.batching import collate
 from corect.data.format import DialogueRecord
 from corect.errors import INPUT_ERRORS, report
 from corect.inputs import split_from_records
-from corect.io import write_atomic, write_json_atomic
+from corect.io import check_output, write_atomic, write_json_atomic
 from corect.models import build_model
 from corect.recognizer import Prediction, StreamingRecognizer
 from corect.runs import DEFAULT_DEVICE, select_device
@@ -287,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if not (args.run and args.input):
             raise ConfigError("give --run and --input, or --bench")
+        check_output(args.output, args.input)
         recognizer = StreamingRecognizer.from_run(args.run, device, args.text_model)
         results = stream_file(recognizer, args.input)
     except INPUT_ERRORS as err:

@@ -4,12 +4,16 @@
 Reads top to bottom: load the config and data, build the model, then for each epoch
 train (:func:`corect.runs.train_step`), score dev, step the scheduler, keep the best
 checkpoint by dev weighted F1, stop early when dev stops improving; finally reload the
-best checkpoint, score dev and test, and write everything into a run directory::
+best checkpoint, score dev and test, and write everything into a run directory (a
+non-finite loss stops the run with :class:`DivergedError`; a failed run's folder is
+marked failed, or removed when it holds no checkpoint yet)::
 
     runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>/
         config.yaml      the resolved config
-        checkpoint.pt    best state dict + config + label names (torch.load weights_only)
+        checkpoint.pt    best state dict + config + what it was trained on (labels,
+                         dims, dataset fingerprint); torch.load(weights_only=True)
         metrics.json     dev and test metrics, best epoch, time per epoch
+        run.json         status: running, completed or failed (with the error)
         confusion-dev.png, confusion-test.png   labelled confusion matrices (corect.plots)
         events.*         TensorBoard (tensorboard --logdir runs)
 """
@@ -17,7 +21,9 @@ best checkpoint, score dev and test, and write everything into a run directory::
 from __future__ import annotations
 
 import logging
+import math
 import random
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -32,10 +38,12 @@ from tqdm import tqdm
 from corect.config import Config, save_config
 from corect.data.batching import iterate_batches, num_batches
 from corect.data.format import Dataset, SplitData
+from corect.errors import InputError
 from corect.io import write_json_atomic
 from corect.metrics import classification_metrics
 from corect.runs import (
     CHECKPOINT,
+    RUN_STATUS,
     build_optimizer,
     evaluate_split,
     grad_scaler,
@@ -45,9 +53,14 @@ from corect.runs import (
     save_checkpoint,
     select_device,
     train_step,
+    write_run_status,
 )
 
 log = logging.getLogger("corect")
+
+
+class DivergedError(InputError):
+    """Training diverged (a non-finite loss); the run is not reported."""
 
 
 def setup_logging() -> None:
@@ -129,11 +142,56 @@ def train(config: Config) -> Path:
     generator = seed_everything(config.train.seed)
     device = select_device(config.train.device)
     dataset = load_data(config)
-    train_split, dev_split, test_split = (dataset.splits[s] for s in ("train", "dev", "test"))
     model = model_for(config, dataset).to(device)
-    num_parameters = sum(p.numel() for p in model.parameters())
     run_dir = run_directory(config, dataset)
     save_config(config, run_dir / "config.yaml")
+    write_run_status(run_dir, "running")
+    writer = SummaryWriter(log_dir=str(run_dir))
+    try:
+        fit(config, dataset, model, device, generator, run_dir, writer)
+    except BaseException as err:
+        writer.close()
+        abandon_run(run_dir, err)
+        raise
+    writer.close()
+    write_run_status(run_dir, "completed")
+    return run_dir
+
+
+def abandon_run(run_dir: Path, err: BaseException) -> None:
+    """After a failure: remove a run folder that holds no checkpoint yet (nothing worth
+    keeping), else mark it failed in run.json; an input error's message says which."""
+    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err) or repr(err)
+    if (run_dir / CHECKPOINT).is_file():
+        write_run_status(run_dir, "failed", error=reason)
+        note = f"the run is marked failed in {run_dir / RUN_STATUS}"
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in (run_dir.parent, run_dir.parent.parent):  # group folders left empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        note = f"its folder {run_dir} was removed (no checkpoint yet)"
+    log.info("run failed: %s; %s", reason, note)
+    if isinstance(err, InputError) and err.args:
+        err.args = (f"{err.args[0]}; {note}", *err.args[1:])
+
+
+def fit(
+    config: Config,
+    dataset: Dataset,
+    model: nn.Module,
+    device: torch.device,
+    generator: torch.Generator,
+    run_dir: Path,
+    writer: Any,
+) -> None:
+    """The epochs of one run, then the best checkpoint scored on dev and test; writes
+    checkpoint.pt, metrics.json, the figures and TensorBoard logs into `run_dir`.
+    Raises :class:`DivergedError` on a non-finite loss."""
+    train_split, dev_split, test_split = (dataset.splits[s] for s in ("train", "dev", "test"))
+    num_parameters = sum(p.numel() for p in model.parameters())
     log.info(
         "%s on %s (%s, %d classes): %d train / %d dev / %d test dialogues, %s parameters, "
         "device %s -> %s",
@@ -163,7 +221,6 @@ def train(config: Config) -> Path:
     )
     loss_fn = nn.CrossEntropyLoss(weight=weight, ignore_index=-1)
     scaler = grad_scaler(config, device)
-    writer = SummaryWriter(log_dir=str(run_dir))
 
     best_f1, best_epoch, epoch_times = -1.0, 0, []
     checkpoint = run_dir / CHECKPOINT
@@ -186,12 +243,19 @@ def train(config: Config) -> Path:
             leave=False,
             disable=not cfg.progress,
         )
-        for batch in bar:
+        for number, batch in enumerate(bar, start=1):
             loss, logits, labels = train_step(
                 model, batch, config, optimizer, scaler, loss_fn, generator, device
             )
+            value = loss.item()
+            if not math.isfinite(value):
+                raise DivergedError(
+                    f"training diverged: the loss is {value} at epoch {epoch}, batch {number} "
+                    f"(train.lr={cfg.lr:g}, train.grad_clip={cfg.grad_clip:g}); lower "
+                    "train.lr or set train.grad_clip"
+                )
             count = int((labels >= 0).sum())
-            total_loss += loss.item() * count
+            total_loss += value * count
             total_count += count
             predictions.append(logits.argmax(1).cpu())
             targets.append(labels.cpu())
@@ -206,6 +270,11 @@ def train(config: Config) -> Path:
         dev_metrics, dev_loss = evaluate_split(
             model, dev_split, dataset.labels, cfg.batch_size, device, cfg.amp
         )
+        if not math.isfinite(dev_loss) and bool((dev_split.labels >= 0).any()):
+            raise DivergedError(
+                f"training diverged: the dev loss is {dev_loss} after epoch {epoch} "
+                f"(train.lr={cfg.lr:g}); lower train.lr or set train.grad_clip"
+            )
         if scheduler is not None:
             scheduler.step(dev_loss)
         lr = optimizer.param_groups[0]["lr"]
@@ -296,7 +365,6 @@ def train(config: Config) -> Path:
         },
         run_name=".",
     )
-    writer.close()
     log.info(
         "best epoch %d: dev wF1 %.4f | test acc %.4f wF1 %.4f mF1 %.4f | %.2fs/epoch",
         best_epoch,
@@ -306,4 +374,3 @@ def train(config: Config) -> Path:
         test_metrics["macro_f1"],
         results["seconds_per_epoch"],
     )
-    return run_dir

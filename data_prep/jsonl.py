@@ -38,7 +38,7 @@ from data_prep.options import (
     run_main,
     text_encoder_from_args,
 )
-from data_prep.output import feature_dims, write_and_summarize
+from data_prep.output import check_out_folder, feature_dims, write_and_summarize
 
 __all__ = ["JsonlError", "build_parser", "convert", "dialogue_records", "main", "read_jsonl"]
 
@@ -90,6 +90,9 @@ def build_parser():
 def convert(argv: Sequence[str] | None = None) -> Path:
     """Parse `argv`, convert, print the summary; return the dataset directory."""
     args = build_parser().parse_args(argv)
+    name = args.name or args.inputs[0].stem
+    out = args.out or Path(f"runs/data/{name}")
+    check_out_folder(out, args)
     dialogues: list[JsonlDialogue] = []
     seen: dict[str, str] = {}
     for path in args.inputs:
@@ -112,14 +115,13 @@ def convert(argv: Sequence[str] | None = None) -> Path:
     splits: dict[str, list[DialogueRecord]] = {split: [] for split in SPLITS}
     for dialogue, record in zip(dialogues, records, strict=True):
         splits[dialogue.split].append(record)
-    name = args.name or args.inputs[0].stem
     extra: dict[str, object] = {
         "source": {"format": "jsonl", "files": [str(p) for p in args.inputs]},
     }
     if encoder is not None:
         extra["text_features"] = encoder.description
     return write_and_summarize(
-        args.out or Path(f"runs/data/{name}"),
+        out,
         name=name,
         task=args.task,
         labels=labels,

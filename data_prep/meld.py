@@ -23,7 +23,7 @@ from data_prep.options import (
     run_main,
     text_encoder_from_args,
 )
-from data_prep.output import write_and_summarize
+from data_prep.output import check_out_folder, write_and_summarize
 
 TASK_LABELS = {
     "emotion": ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"],
@@ -39,8 +39,9 @@ Convert MELD (Poria et al., ACL 2019) from its official CSVs to a corect dataset
 
 Reads <csv-dir>/{train,dev,test}_sent_emo.csv (columns Utterance, Speaker, Emotion,
 Sentiment, Dialogue_ID, Utterance_ID, ...). Utterances are ordered by Utterance_ID inside a
-dialogue (ids may skip numbers), dialogues by Dialogue_ID and named dia<D>. Speakers are
-kept by name. Text features come from our text encoder (see corect.data.text_encoder).
+dialogue (ids may skip numbers), dialogues by Dialogue_ID and named <split>/dia<D>
+(MELD's dialogue ids repeat across splits). Speakers are kept by name. Text features
+come from our text encoder (see corect.data.text_encoder).
 
 Optional per-utterance features, in MELD's own per-split layout (dialogue ids repeat
 across splits):
@@ -82,38 +83,47 @@ def read_meld_csv(path: str | Path) -> dict[int, list[MeldUtterance]]:
         raise ConversionError(f"{path}: MELD CSV not found")
     dialogues: dict[int, dict[int, MeldUtterance]] = {}
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConversionError(
-                f"{path}: column(s) {', '.join(missing)} missing; header is {reader.fieldnames}"
-            )
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            if None in row or any(row[c] is None for c in REQUIRED_COLUMNS):
-                raise ConversionError(f"{where}: wrong number of fields")
-            dialogue = _int_field(row["Dialogue_ID"], where, "Dialogue_ID")
-            utterance_id = _int_field(row["Utterance_ID"], where, "Utterance_ID")
-            speaker = row["Speaker"].strip()
-            if not speaker:
-                raise ConversionError(f"{where}: dialogue dia{dialogue}: column 'Speaker' empty")
-            utterance = MeldUtterance(
-                dialogue,
-                utterance_id,
-                speaker,
-                row["Utterance"],
-                row["Emotion"].strip().lower(),
-                row["Sentiment"].strip().lower(),
-                reader.line_num,
-            )
-            turns = dialogues.setdefault(dialogue, {})
-            if utterance_id in turns:
-                raise ConversionError(
-                    f"{where}: dialogue dia{dialogue}: Utterance_ID {utterance_id} repeats "
-                    f"line {turns[utterance_id].line}"
-                )
-            turns[utterance_id] = utterance
+        try:
+            _read_rows(path, csv.DictReader(handle), dialogues)
+        except csv.Error as err:
+            raise ConversionError(f"{path}: not a readable CSV file: {err}") from None
     return {d: [turns[u] for u in sorted(turns)] for d, turns in sorted(dialogues.items())}
+
+
+def _read_rows(
+    path: Path, reader: csv.DictReader, dialogues: dict[int, dict[int, MeldUtterance]]
+) -> None:
+    """Add every row of a MELD CSV to `dialogues` (dialogue id -> utterance id -> row)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ConversionError(
+            f"{path}: column(s) {', '.join(missing)} missing; header is {reader.fieldnames}"
+        )
+    for row in reader:
+        where = f"{path}, line {reader.line_num}"
+        if None in row or any(row[c] is None for c in REQUIRED_COLUMNS):
+            raise ConversionError(f"{where}: wrong number of fields")
+        dialogue = _int_field(row["Dialogue_ID"], where, "Dialogue_ID")
+        utterance_id = _int_field(row["Utterance_ID"], where, "Utterance_ID")
+        speaker = row["Speaker"].strip()
+        if not speaker:
+            raise ConversionError(f"{where}: dialogue dia{dialogue}: column 'Speaker' empty")
+        utterance = MeldUtterance(
+            dialogue,
+            utterance_id,
+            speaker,
+            row["Utterance"],
+            row["Emotion"].strip().lower(),
+            row["Sentiment"].strip().lower(),
+            reader.line_num,
+        )
+        turns = dialogues.setdefault(dialogue, {})
+        if utterance_id in turns:
+            raise ConversionError(
+                f"{where}: dialogue dia{dialogue}: Utterance_ID {utterance_id} repeats "
+                f"line {turns[utterance_id].line}"
+            )
+        turns[utterance_id] = utterance
 
 
 def load_vector_file(path: Path) -> np.ndarray:
@@ -277,6 +287,8 @@ def build_parser():
 def convert(argv: Sequence[str] | None = None) -> Path:
     """Parse `argv`, convert, print the summary; return the dataset directory."""
     args = build_parser().parse_args(argv)
+    out = args.out or Path(f"runs/data/meld_{args.task}")
+    check_out_folder(out, args)
     labels = TASK_LABELS[args.task]
     index = label_index(labels)
     column = TASK_COLUMNS[args.task]
@@ -298,7 +310,7 @@ def convert(argv: Sequence[str] | None = None) -> Path:
                 ids.append(index[value])
             records[split].append(
                 DialogueRecord(
-                    f"dia{dialogue}",
+                    f"{split}/dia{dialogue}",  # MELD's ids repeat across splits
                     [u.speaker for u in utterances],
                     ids,
                     {},
@@ -341,7 +353,6 @@ def convert(argv: Sequence[str] | None = None) -> Path:
         if option != "--audio-root":
             extra[f"{'audio' if letter == 'a' else 'visual'}_features"] = {"dir": str(root)}
 
-    out = args.out or Path(f"runs/data/meld_{args.task}")
     return write_and_summarize(
         out, name="meld", task=args.task, labels=labels, dims=dims, splits=records, extra=extra
     )

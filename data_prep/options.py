@@ -50,8 +50,8 @@ def add_output_argument(parser: argparse.ArgumentParser, default_hint: str) -> N
         type=Path,
         default=None,
         metavar="DIR",
-        help=f"dataset directory to write, replaced atomically if it exists "
-        f"(default: {default_hint})",
+        help=f"dataset directory to write; an existing corect dataset is replaced "
+        f"atomically, any other existing folder is refused (default: {default_hint})",
     )
 
 

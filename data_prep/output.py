@@ -1,8 +1,10 @@
-"""What a converter writes and prints: the dev split carved from train, feature dims,
-the dataset and its summary (dialogues, utterances and labels per split)."""
+"""What a converter writes and prints: the check of ``--out`` (before any work), the dev
+split carved from train, feature dims, the dataset and its summary (dialogues,
+utterances and labels per split)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -11,7 +13,36 @@ from pathlib import Path
 import numpy as np
 
 from corect.data.format import SPLITS, DialogueRecord, load_dataset, write_dataset
-from data_prep.options import MODALITY_NAMES
+from corect.data.manifest import dataset_refusal
+from corect.io import inside
+from data_prep.options import MODALITY_NAMES, ConversionError
+
+
+def check_out_folder(out: Path, args: argparse.Namespace) -> None:
+    """Refuse, before any work, an output folder whose replacement would destroy what the
+    converter did not write: an existing folder that is not a corect dataset, the current
+    folder (or one holding it), or one that is or holds an input (any path option)."""
+    where = f"--out {out}"
+    if inside(Path.cwd(), out):
+        raise ConversionError(
+            f"{where}: is the current folder or holds it; give a new folder, e.g. runs/data/NAME"
+        )
+    for key, value in vars(args).items():
+        for given in value if isinstance(value, list) else [value]:
+            if key != "out" and isinstance(given, Path) and inside(given, out):
+                raise ConversionError(
+                    f"{where}: is or holds the input {given}; give another output folder"
+                )
+    reason = None
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        reason = "is not a folder"
+    elif out.is_dir():
+        reason = dataset_refusal(out)
+    if reason:
+        raise ConversionError(
+            f"{where} exists and {reason}; nothing was written. Give a new folder, or move "
+            "that one away yourself"
+        )
 
 
 def dev_from_train(train_ids: Sequence[str], fraction: float = 0.1) -> tuple[list, list]:

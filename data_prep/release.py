@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from data_prep.options import (
     parse_modalities,
     text_encoder_from_args,
 )
-from data_prep.output import dev_from_train, feature_dims, write_and_summarize
+from data_prep.output import check_out_folder, dev_from_train, feature_dims, write_and_summarize
 
 PICKLE_WARNING = """\
 This file is a Python pickle; only open files you trust. It is read with a restricted
@@ -126,14 +127,27 @@ def read_feature_release(path: str | Path) -> FeatureRelease:
                 f"{path}: field {field!r} is a {type(fields[field]).__name__}, expected a dict "
                 "from dialogue id to a per-utterance list"
             )
+    train_ids = _ordered_ids(fields["train_ids"], path, "train_ids")
+    test_ids = _ordered_ids(fields["test_ids"], path, "test_ids")
+    for field, ids in (("train_ids", train_ids), ("test_ids", test_ids)):
+        repeated = [i for i, count in Counter(map(str, ids)).items() if count > 1]
+        if repeated:
+            raise ConversionError(f"{path}: dialogue {repeated[0]!r} is listed twice in {field!r}")
+    leaked = [i for i in test_ids if str(i) in set(map(str, train_ids))]
+    if leaked:
+        raise ConversionError(
+            f"{path}: dialogue {leaked[0]!r} is in both 'train_ids' and 'test_ids' (and "
+            f"{len(leaked) - 1} more); a dialogue in train and test leaks test data into "
+            "training. Fix the release's split lists"
+        )
     return FeatureRelease(
         path=path,
         speakers=fields["speakers"],
         labels=fields["labels"],
         features={"t": fields["text"], "a": fields["audio"], "v": fields["visual"]},
         sentences=fields["sentences"],
-        train_ids=_ordered_ids(fields["train_ids"], path, "train_ids"),
-        test_ids=_ordered_ids(fields["test_ids"], path, "test_ids"),
+        train_ids=train_ids,
+        test_ids=test_ids,
     )
 
 
@@ -268,6 +282,8 @@ def convert_release(
     """Convert a 9-tuple release as `args` (from :func:`add_release_arguments`) say."""
     if not 0.0 <= args.dev_fraction < 1.0:
         raise ConversionError(f"--dev-fraction {args.dev_fraction}: must be in [0, 1)")
+    out = args.out or Path(f"runs/data/{dataset}_{args.task}")
+    check_out_folder(out, args)
     release = read_feature_release(args.pickle)
     train_ids, dev_ids = dev_from_train(release.train_ids, args.dev_fraction)
     split_ids = {"train": train_ids, "dev": dev_ids, "test": release.test_ids}
@@ -300,7 +316,6 @@ def convert_release(
         extra["text_features"] = encoder.description
     all_records = [r for records in splits.values() for r in records]
     dims = feature_dims(all_records, args.modalities)
-    out = args.out or Path(f"runs/data/{dataset}_{args.task}")
     return write_and_summarize(
         out, name=dataset, task=args.task, labels=labels, dims=dims, splits=splits, extra=extra
     )

@@ -41,7 +41,7 @@ from corect.data.text_encoder import (
     embed_batch,
     model_identity,
 )
-from corect.io import atomic_directory
+from corect.io import atomic_directory, inside
 from corect.metrics import classification_metrics
 from data_prep.options import ConversionError
 
@@ -416,6 +416,8 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     base_dir = Path(config.model) if config.model else bundled_model_path()
 
     dataset = load_dataset(config.data, splits=(FIT_SPLIT, SELECT_SPLIT))
+    out = config.out or default_out(dataset, config)
+    check_model_out(out, (config.data, base_dir))
     tokenizer, encoder = load_base(base_dir, config.progress)
     separator = ""
     if config.context:
@@ -470,7 +472,6 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         encoder = encoder.merge_and_unload()
     encoder.to("cpu").eval()
 
-    out = config.out or default_out(dataset, config)
     record = {
         "created_by": "data_prep.finetune_text",
         "base_model": str(base_dir),
@@ -534,6 +535,27 @@ def default_out(dataset: Dataset, config: FinetuneConfig) -> Path:
     )
 
 
+def model_dir_refusal(path: Path) -> str | None:
+    """Why `path` must not be replaced by a fine-tuned model, or None: it is empty or a
+    model directory of ours (it has corect_finetune.json)."""
+    if any(path.iterdir()) and not (path / RECORD_FILE).is_file():
+        return f"is not a model directory written by this command (no {RECORD_FILE})"
+    return None
+
+
+def check_model_out(out: Path, inputs: Sequence[Path]) -> None:
+    """Refuse, before training, an --out that is or holds an input or that is a folder
+    we did not write."""
+    for given in inputs:
+        if inside(given, out):
+            raise FinetuneError(f"--out {out}: is or holds the input {given}; give another")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise FinetuneError(f"--out {out} exists and is not a folder; give another")
+    reason = model_dir_refusal(out) if out.is_dir() else None
+    if reason:
+        raise FinetuneError(f"--out {out} exists and {reason}; give another, or move it away")
+
+
 def save_model(
     out: Path,
     encoder: Any,
@@ -543,7 +565,7 @@ def save_model(
     record: dict[str, Any],
 ) -> Path:
     """Write the model directory atomically (temporary sibling, then renamed)."""
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, model_dir_refusal) as tmp:
         encoder.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name in _ST_FILES:

@@ -71,8 +71,12 @@ def test_compare_trains_both_modes_and_reloads(tmp_path: Path, capsys) -> None:
 def test_runs_in_the_wrong_mode_are_refused(tmp_path: Path, capsys) -> None:
     config = tiny_yaml(tmp_path)
     result = compare(str(config), seeds=[2], overrides=["model.encoder_layers=1"])
-    offline = result.runs[0].run_dir
+    offline, causal = result.runs[0].run_dir, result.runs[1].run_dir
+    code = main(["--runs", causal, "--causal-runs", offline, "--out", str(tmp_path / "c")])
+    assert code == 2
+    assert "model.causal=True" in capsys.readouterr().err
+    # The same run given twice is refused (it is not a second seed).
     code = main(["--runs", offline, "--causal-runs", offline, "--out", str(tmp_path / "c")])
     assert code == 2
-    assert "model.causal=False" in capsys.readouterr().err
+    assert "given twice" in capsys.readouterr().err
     assert main(["--runs", offline]) == 2

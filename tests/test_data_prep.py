@@ -320,9 +320,10 @@ def test_meld(tmp_path: Path, text_cache: Path, encoder: TextEncoder, task: str)
     assert dataset.dims == {"t": 384}
     column = 2 if task == "emotion" else 3
     for split, dialogues in MELD_ORDER.items():
-        assert dataset.splits[split].dialogue_ids == list(dialogues)
+        # MELD's dialogue ids repeat across splits: the converter names their split.
+        assert dataset.splits[split].dialogue_ids == [f"{split}/{d}" for d in dialogues]
         for dialogue_id, rows in dialogues.items():
-            got = dialogue(dataset, split, dialogue_id)
+            got = dialogue(dataset, split, f"{split}/{dialogue_id}")
             source = [MELD_ROWS[split][r] for r in rows]
             texts = [expected_text(r[0]) for r in source]
             assert got["texts"] == texts
@@ -330,7 +331,7 @@ def test_meld(tmp_path: Path, text_cache: Path, encoder: TextEncoder, task: str)
             assert got["labels"] == [r[column] for r in source]
             np.testing.assert_allclose(got["features"]["t"], encoder.encode(texts), atol=1e-6)
     assert dataset.max_parties == 3
-    assert "\ufffd" in dialogue(dataset, "train", "dia0")["texts"][2]
+    assert "\ufffd" in dialogue(dataset, "train", "train/dia0")["texts"][2]
 
 
 def write_feature_files(
@@ -375,7 +376,7 @@ def test_meld_audio_and_visual_files(tmp_path: Path, text_cache: Path) -> None:
     assert dataset.dims == {"t": 384, "a": 5, "v": 3}
     for split, dialogues in MELD_ORDER.items():
         for dialogue_id, rows in dialogues.items():
-            got = dialogue(dataset, split, dialogue_id)
+            got = dialogue(dataset, split, f"{split}/{dialogue_id}")
             ids = [MELD_ROWS[split][r][5] for r in rows]
             for m, vectors in (("a", audio), ("v", visual)):
                 expected = np.stack([vectors[(split, dialogue_id, u)] for u in ids])

@@ -15,29 +15,39 @@ it: a bad file fails with an error that names the file, the dialogue and the fie
 
 Writers build :class:`DialogueRecord` objects and call :func:`write_dataset`, which
 writes into a temporary directory and renames it into place, so a failed conversion
-never leaves a half-written dataset or destroys a previous one.
+never leaves a half-written dataset or destroys a previous one; it replaces only a
+dataset of ours (:func:`~corect.data.manifest.dataset_refusal`). A dialogue id may be in
+one split only, checked on write and on load. :attr:`Dataset.fingerprint` identifies what
+a model learns from, so a checkpoint can tell whether it is given its own data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from corect.errors import InputError
-from corect.io import atomic_directory
+from corect.data.manifest import (
+    DatasetError,
+    check_unique_dialogues,
+    dataset_refusal,
+    read_manifest,
+)
+from corect.io import atomic_directory, read_json, recover
+
+__all__ = ["DatasetError", "Dataset", "DialogueRecord", "SplitData", "load_dataset"]
+__all__ += ["write_dataset", "label_index", "party_indices"]
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "dev", "test")
-
-
-class DatasetError(InputError):
-    """A dataset file is missing or inconsistent; the message names file, dialogue, field."""
 
 
 @dataclass
@@ -111,6 +121,7 @@ class Dataset:
     speaker_names: list[str]
     splits: dict[str, SplitData] = field(default_factory=dict)
     path: Path | None = None
+    text_features: dict[str, Any] | None = None  # the manifest's record of the text encoder
 
     @property
     def num_classes(self) -> int:
@@ -119,6 +130,21 @@ class Dataset:
     @property
     def max_parties(self) -> int:
         return max(int(s.parties.max()) + 1 for s in self.splits.values() if s.num_utterances)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A hash of what a model learns from: the labels in order, the modalities and
+        dims, and per loaded split the dialogue ids, labels, parties and features."""
+        digest = hashlib.sha256(json.dumps([self.labels, self.dims], sort_keys=True).encode())
+        for name in sorted(self.splits):
+            split = self.splits[name]
+            digest.update(json.dumps([name, split.dialogue_ids]).encode())
+            features = [split.features[m] for m in sorted(split.features)]
+            for tensor in (split.offsets, split.labels, split.parties, *features):
+                array = np.ascontiguousarray(tensor.numpy())
+                digest.update(f"{array.dtype.str}{array.shape}".encode())
+                digest.update(array.data)
+        return digest.hexdigest()[:32]
 
     def select_modalities(self, modalities: str) -> Dataset:
         """The same dataset restricted to `modalities` (letters); missing ones fail clearly."""
@@ -136,6 +162,7 @@ class Dataset:
             self.speaker_names,
             {k: s.select_modalities(modalities) for k, s in self.splits.items()},
             self.path,
+            self.text_features,
         )
 
 
@@ -185,7 +212,10 @@ def write_dataset(
     Raises :class:`DatasetError` (naming the dialogue and field) on inconsistent records.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    check_unique_dialogues(
+        ((split, [str(d.id) for d in dialogues]) for split, dialogues in splits.items()),
+        f"dataset {directory}",
+    )
     speaker_names: list[str] = []
     speaker_index: dict[str, int] = {}
     manifest_splits: dict[str, dict[str, object]] = {}
@@ -251,7 +281,7 @@ def write_dataset(
         "splits": manifest_splits,
         **(dict(extra) if extra else {}),
     }
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, dataset_refusal) as tmp:
         for split, tensors in tensors_by_split.items():
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{split}.safetensors")
         for split, texts in texts_by_split.items():
@@ -270,6 +300,24 @@ def _dialogue_at(ids: list[str], offsets: torch.Tensor, row: int) -> str:
     return f"dialogue {ids[d]!r}, utterance {row - int(offsets[d])}" if ids else f"row {row}"
 
 
+def _read_texts(path: Path, ids: list[str], lengths: list[int]) -> list[list[str]]:
+    """A split's utterance texts: one list of strings per dialogue, checked."""
+    texts = read_json(path, DatasetError)
+    if not isinstance(texts, list) or len(texts) != len(ids):
+        size = len(texts) if isinstance(texts, list) else type(texts).__name__
+        raise DatasetError(
+            f"{path}: expected one list of texts per dialogue ({len(ids)}), got {size}"
+        )
+    for dialogue, utterances, length in zip(ids, texts, lengths, strict=True):
+        if not isinstance(utterances, list) or not all(isinstance(t, str) for t in utterances):
+            raise DatasetError(f"{path}: dialogue {dialogue!r}: expected a list of strings")
+        if len(utterances) != length:
+            raise DatasetError(
+                f"{path}: dialogue {dialogue!r} has {len(utterances)} texts, expected {length}"
+            )
+    return texts
+
+
 def load_dataset(
     directory: str | Path,
     modalities: str | None = None,
@@ -280,21 +328,22 @@ def load_dataset(
     `splits`: read only these splits (the others' files are not opened); a split the
     manifest does not list fails. None reads every split."""
     directory = Path(directory)
+    if not (directory / "manifest.json").exists():
+        recover(directory)  # a writer killed while replacing it left the old one aside
     manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        raise DatasetError(f"{manifest_path}: not found; is {directory} a corect dataset?")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{manifest_path}: not valid JSON: {err}") from err
-    for key in ("name", "task", "labels", "modalities", "speakers", "splits"):
-        if key not in manifest:
-            raise DatasetError(f"{manifest_path}: field {key!r} is missing")
+    manifest = read_manifest(directory)
     labels = list(manifest["labels"])
     dims = {str(m): int(d) for m, d in manifest["modalities"].items()}
     speaker_names = list(manifest["speakers"])
+    text_features = manifest.get("text_features")
     dataset = Dataset(
-        manifest["name"], manifest["task"], labels, dims, speaker_names, path=directory
+        manifest["name"],
+        manifest["task"],
+        labels,
+        dims,
+        speaker_names,
+        path=directory,
+        text_features=text_features if isinstance(text_features, dict) else None,
     )
     if splits is not None:
         unknown = [s for s in splits if s not in manifest["splits"]]
@@ -309,7 +358,13 @@ def load_dataset(
         file = directory / f"{split}.safetensors"
         if not file.is_file():
             raise DatasetError(f"{file}: missing, but manifest lists split {split!r}")
-        tensors = load_file(file)
+        try:
+            tensors = load_file(file)
+        except Exception as err:  # safetensors raises its own error type for bad files
+            raise DatasetError(
+                f"{file}: not a readable safetensors file ({err}); is it truncated? "
+                "Convert the dataset again"
+            ) from None
         ids = [str(i) for i in info.get("dialogues", [])]
         for key in ("labels", "speakers", "offsets"):
             if key not in tensors:
@@ -367,7 +422,7 @@ def load_dataset(
         texts = None
         text_file = directory / f"{split}.texts.json"
         if text_file.is_file():
-            texts = json.loads(text_file.read_text())
+            texts = _read_texts(text_file, ids, lengths.tolist())
         dataset.splits[split] = SplitData(
             ids,
             offsets,

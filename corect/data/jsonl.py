@@ -15,7 +15,6 @@ none is given).
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,15 +80,31 @@ def _parse_features(value: Any, where: str, dims: dict[str, tuple[int, str]]) ->
             or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector)
         ):
             raise JsonlError(f"{where}: field {name!r} must be a non-empty list of numbers")
-        if not all(math.isfinite(x) for x in vector):
-            raise JsonlError(f"{where}: field {name!r} has NaN or inf")
+        array = _float32(vector, f"{where}: field {name!r}")
         seen = dims.setdefault(letter, (len(vector), where))
         if seen[0] != len(vector):
             raise JsonlError(
                 f"{where}: field {name!r} has {len(vector)} numbers, but {seen[1]} has {seen[0]}"
             )
-        out[letter] = np.asarray(vector, dtype=np.float32)
+        out[letter] = array
     return out
+
+
+def _float32(vector: list[int | float], where: str) -> np.ndarray:
+    """`vector` as float32; NaN, inf and numbers beyond float32's range fail."""
+    try:
+        array = np.asarray(vector, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        array = np.array([float(x) if abs(x) < 2**1023 else np.inf for x in vector])
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = array.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise JsonlError(
+            f"{where} has NaN or inf, or a number beyond float32's range (about ±3.4e38): "
+            f"entry {int(bad[0])} is {str(vector[int(bad[0])])[:40]}"
+        )
+    return array
 
 
 def _string(value: Any, where: str, name: str, required: bool) -> str | None:

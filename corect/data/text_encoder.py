@@ -23,7 +23,6 @@ context first.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 from corect.data.cache import VectorCache
 from corect.data.format import DialogueRecord
 from corect.errors import InputError
+from corect.io import read_json
 
 DEFAULT_CACHE_DIR = Path("runs/.cache/text_features")
 DEFAULT_BATCH_SIZE = 64
@@ -73,10 +73,7 @@ def read_model_record(model_dir: Path) -> dict[str, Any]:
     path = model_dir / RECORD_FILE
     if not path.is_file():
         return {}
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise TextModelError(f"{path}: not valid JSON: {err}") from err
+    record = read_json(path, TextModelError)
     if not isinstance(record, dict):
         raise TextModelError(f"{path}: expected a JSON object")
     return record
@@ -119,7 +116,8 @@ def _max_length(model_dir: Path) -> int:
     """The sequence length sentence-transformers uses for this model (256 for MiniLM)."""
     config = model_dir / "sentence_bert_config.json"
     if config.is_file():
-        value = json.loads(config.read_text()).get("max_seq_length")
+        settings = read_json(config, TextModelError)
+        value = settings.get("max_seq_length") if isinstance(settings, dict) else None
         if isinstance(value, int) and value > 0:
             return value
     return DEFAULT_MAX_LENGTH
@@ -204,7 +202,9 @@ class TextEncoder:
     @property
     def dim(self) -> int:
         """Embedding size, read from the model config (no model load)."""
-        config = json.loads((self.model_dir / "config.json").read_text())
+        config = read_json(self.model_dir / "config.json", TextModelError)
+        if not isinstance(config, dict):
+            raise TextModelError(f"{self.model_dir / 'config.json'}: expected a JSON object")
         for key in ("hidden_size", "d_model", "dim"):
             if isinstance(config.get(key), int):
                 return int(config[key])
