@@ -12,6 +12,9 @@ best checkpoint, score dev and test, and write everything into a run directory::
         metrics.json     dev and test metrics, best epoch, time per epoch
         confusion-dev.png, confusion-test.png   labelled confusion matrices (corect.plots)
         events.*         TensorBoard (tensorboard --logdir runs)
+
+A hyperparameter search (:mod:`corect.tune`) passes ``on_epoch``, called with the
+epoch's dev figures, and ``test=False``: the test split is then never scored.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,9 @@ from corect.runs import (
 )
 
 log = logging.getLogger("corect")
+# Called after every epoch with its figures: epoch, train_loss, dev_loss, dev_accuracy,
+# dev_weighted_f1, dev_macro_f1, best_dev_weighted_f1, best_epoch, lr.
+EpochCallback = Callable[[dict[str, float]], None]
 
 
 def setup_logging() -> None:
@@ -121,8 +128,10 @@ def log_confusion(
     writer.add_text(f"confusion/{split}", header + "\n" + body, step)
 
 
-def train(config: Config) -> Path:
-    """Train one model as described by `config`; return its run directory."""
+def train(config: Config, *, on_epoch: EpochCallback | None = None, test: bool = True) -> Path:
+    """Train one model as described by `config`; return its run directory. `on_epoch`
+    gets every epoch's figures once dev is scored; with `test` False the test split is
+    never scored (metrics.json then holds dev only)."""
     from torch.utils.tensorboard import SummaryWriter
 
     setup_logging()
@@ -239,19 +248,31 @@ def train(config: Config) -> Path:
         for label, value in dev_metrics["per_class_f1"].items():
             writer.add_scalar(f"class_f1_dev/{label}", value, epoch)
         writer.add_scalar("lr", lr, epoch)
+        if on_epoch is not None:
+            on_epoch(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "dev_loss": dev_loss,
+                    **{f"dev_{k}": dev_metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")},
+                    "best_dev_weighted_f1": best_f1,
+                    "best_epoch": best_epoch,
+                    "lr": lr,
+                }
+            )
         if cfg.early_stopping and epoch - best_epoch >= cfg.early_stopping:
             log.info("early stop: no dev weighted-F1 gain for %d epochs", cfg.early_stopping)
             break
 
     # --- reload the best checkpoint and score it exactly as corect.evaluate does ---
     model.load_state_dict(load_checkpoint(run_dir, device)["state_dict"])
-    dev_metrics, dev_loss = evaluate_split(
-        model, dev_split, dataset.labels, cfg.batch_size, device, cfg.amp
-    )
-    test_metrics, test_loss = evaluate_split(
-        model, test_split, dataset.labels, cfg.batch_size, device, cfg.amp
-    )
-    dev_metrics["loss"], test_metrics["loss"] = dev_loss, test_loss
+    scored: dict[str, dict[str, Any]] = {}
+    for split_name, split in {"dev": dev_split, **({"test": test_split} if test else {})}.items():
+        metrics, loss = evaluate_split(
+            model, split, dataset.labels, cfg.batch_size, device, cfg.amp
+        )
+        scored[split_name] = {**metrics, "loss": loss}
+    dev_metrics = scored["dev"]
     results = {
         "dataset": dataset.name,
         "task": dataset.task,
@@ -266,13 +287,12 @@ def train(config: Config) -> Path:
         "train_seconds": float(np.sum(epoch_times)),
         "num_parameters": num_parameters,
         "device": str(device),
-        "dev": dev_metrics,
-        "test": test_metrics,
+        **scored,
     }
     write_json_atomic(run_dir / "metrics.json", results)
-    for split_name, metrics in (("dev", dev_metrics), ("test", test_metrics)):
+    for split_name, metrics in scored.items():
         log_confusion(writer, run_dir, config, dataset, split_name, metrics, best_epoch)
-    for label, value in test_metrics["per_class_f1"].items():
+    for label, value in scored.get("test", {}).get("per_class_f1", {}).items():
         writer.add_scalar(f"class_f1_test/{label}", value, best_epoch)
     hparams = {
         "model": config.model.name,
@@ -286,24 +306,29 @@ def train(config: Config) -> Path:
         "seed": cfg.seed,
         "dropout": config.model.dropout,
     }
+    test_figures = (
+        {f"hparam/test_{k}": scored["test"][k] for k in ("weighted_f1", "accuracy")} if test else {}
+    )
     writer.add_hparams(
         hparams,
         {
-            "hparam/test_weighted_f1": test_metrics["weighted_f1"],
-            "hparam/test_accuracy": test_metrics["accuracy"],
+            **test_figures,
             "hparam/dev_weighted_f1": dev_metrics["weighted_f1"],
             "hparam/best_epoch": best_epoch,
         },
         run_name=".",
     )
     writer.close()
+    test_line = (
+        "test acc {accuracy:.4f} wF1 {weighted_f1:.4f} mF1 {macro_f1:.4f}".format(**scored["test"])
+        if test
+        else "test not scored"
+    )
     log.info(
-        "best epoch %d: dev wF1 %.4f | test acc %.4f wF1 %.4f mF1 %.4f | %.2fs/epoch",
+        "best epoch %d: dev wF1 %.4f | %s | %.2fs/epoch",
         best_epoch,
         dev_metrics["weighted_f1"],
-        test_metrics["accuracy"],
-        test_metrics["weighted_f1"],
-        test_metrics["macro_f1"],
+        test_line,
         results["seconds_per_epoch"],
     )
     return run_dir
