@@ -194,8 +194,9 @@ def add_backend_arguments(parser: argparse.ArgumentParser, choose: bool = True) 
     )
 
 
-def backend_from_args(args: argparse.Namespace) -> RayBackend | None:
-    """The backend the options ask for: None (sequential) or a :class:`RayBackend`."""
+def backend_from_args(args: argparse.Namespace, what: str = "--backend ray") -> RayBackend | None:
+    """The backend the options ask for: None (sequential) or a :class:`RayBackend`
+    (`what` needs Ray, says the message when it is missing)."""
     if getattr(args, "backend", "ray") == "sequential":
         given = [
             option
@@ -213,5 +214,5 @@ def backend_from_args(args: argparse.Namespace) -> RayBackend | None:
         raise ConfigError(f"--cpus-per-run={args.cpus_per_run}: must be positive")
     if args.gpus_per_run < 0:
         raise ConfigError(f"--gpus-per-run={args.gpus_per_run}: must be 0 or more")
-    require_ray()
+    require_ray(what)
     return RayBackend(args.address, args.cpus_per_run, args.gpus_per_run)

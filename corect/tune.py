@@ -150,8 +150,11 @@ def progress(total: int) -> Any:
     from ray import tune
 
     class Progress(tune.Callback):
-        def __init__(self) -> None:
-            self.bar = tqdm(total=total, desc="trials", unit="trial", dynamic_ncols=True)
+        bar: Any = None  # made when the first trial starts: Tune pickles its callbacks
+
+        def on_trial_start(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc="trials", unit="trial", dynamic_ncols=True)
 
         def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
             result = trial.last_result or {}
@@ -159,12 +162,14 @@ def progress(total: int) -> Any:
             log.info(
                 "trial %s: best dev wF1 %.2f%% in %d epochs", trial.trial_id, 100 * score, epochs
             )
-            self.bar.update()
+            if self.bar is not None:
+                self.bar.update()
 
         on_trial_error = on_trial_complete
 
         def on_experiment_end(self, trials: Any, **info: Any) -> None:
-            self.bar.close()
+            if self.bar is not None:
+                self.bar.close()
 
     return Progress()
 
@@ -443,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds=parse_seeds(args.seed_list, args.seeds),
             out_dir=args.out,
             name=args.name,
-            backend=backend_from_args(args),
+            backend=backend_from_args(args, "python -m corect.tune"),
             with_base=not args.no_base,
             command=command_line("corect.tune", argv),
             searcher=args.search,
