@@ -117,13 +117,11 @@ def task_error(err: Exception) -> Exception:
 @dataclass
 class RayBackend:
     """Every run a Ray task with `cpus_per_run` CPUs and `gpus_per_run` GPUs (fractions
-    share a GPU), on the cluster at `address` or a local Ray (`num_cpus`: how many of
-    this machine's CPUs it may use; default all)."""
+    share a GPU), on the cluster at `address` or else a local Ray."""
 
     address: str | None = None
     cpus_per_run: float = 1.0
     gpus_per_run: float = 0.0
-    num_cpus: int | None = None
 
     def describe(self) -> str:
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
@@ -131,8 +129,7 @@ class RayBackend:
 
     def start(self) -> bool:
         """Start (or connect to) Ray unless this process already is; see start_ray."""
-        local = {"num_cpus": self.num_cpus} if self.num_cpus and not self.address else {}
-        return start_ray(self.address, **local)
+        return start_ray(self.address)
 
     def run(self, work: Callable[[T], R], items: Sequence[T]) -> Outputs[R]:
         """Submit every item at once (Ray queues what does not fit); yield
@@ -183,12 +180,13 @@ def add_backend_arguments(parser: argparse.ArgumentParser, choose: bool = True) 
         "ray://HEAD:10001); default: start a local Ray on this machine",
     )
     group.add_argument(
-        "--cpus-per-run", type=float, default=1.0, help="CPUs per run (default %(default)s)"
+        "--cpus-per-run", type=float, default=1.0, metavar="N", help="CPUs per run (default 1)"
     )
     group.add_argument(
         "--gpus-per-run",
         type=float,
         default=0.0,
+        metavar="N",
         help="GPUs per run; fractions share a GPU, e.g. 0.25 = 4 runs per GPU (default 0: "
         "runs train on CPU)",
     )
