@@ -132,10 +132,11 @@ def training_config(
     quiet = (
         [] if any(o.startswith("train.progress=") for o in overrides) else ["train.progress=false"]
     )
-    place = [f"train.runs_dir={runs_dir}"] if runs_dir is not None else []
+    # Quoted: a name or a path that looks like a number stays a string.
+    place = [f"train.runs_dir={json.dumps(str(runs_dir))}"] if runs_dir is not None else []
+    name = f"train.run_name={json.dumps(run_name)}"
     return load_config(
-        config_path,
-        [*quiet, *overrides, *extra, f"train.seed={seed}", *place, f"train.run_name={run_name}"],
+        config_path, [*quiet, *overrides, *extra, f"train.seed={seed}", *place, name]
     )
 
 

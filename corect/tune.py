@@ -140,7 +140,7 @@ def collect_trials(results: Any, setup: TrialSetup) -> list[Trial]:
         records = [] if frame is None or METRIC not in frame else frame.to_dict("records")
         history = [{k: plain(r[k]) for k in keep} for r in records]
         name = str(result.metrics.get("trial_id") or f"#{number}")
-        ended = ending(history, result.error, setup.config(result.config, name))
+        ended = ending(history, result.error, setup.config(result.config, f"trial-{name}"))
         trials.append(Trial(name, result.config, history, ended))
     return sorted(trials, key=lambda t: -t.best)  # stable: ties keep the earlier trial
 

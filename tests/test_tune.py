@@ -14,6 +14,7 @@ import pytest
 import corect.training
 from corect import benchmark, compare_modes, tune
 from corect.config import ConfigError, load_config
+from corect.experiments import training_config
 from corect.space import Param, config_value, load_space, overrides_of
 from corect.training import train
 from tests.conftest import tiny_config
@@ -60,6 +61,12 @@ def test_params_and_overrides() -> None:
     values = {"train.lr": np.float64(1e-4), "model.wp": np.int64(3), "model.encoders": {"t": "mlp"}}
     config = load_config(None, overrides_of(values))
     assert (config.train.lr, config.model.wp, config.model.encoders["t"]) == (1e-4, 3, "mlp")
+
+
+def test_names_that_look_like_numbers_stay_strings(tmp_path: Path) -> None:
+    config = training_config(None, [], [], 1, "91584_00000", tmp_path / "1e5")  # a Tune id
+    assert config.train.run_name == "91584_00000"
+    assert config.train.runs_dir == str(tmp_path / "1e5")
 
 
 def test_epoch_callback_and_no_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
