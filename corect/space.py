@@ -52,6 +52,8 @@ class Param:
             kinds = "; ".join(f"{{{k}: {v}}}" for k, v in KINDS.items())
             raise ConfigError(f"space: {key}: give one of {kinds}; got {spec!r}")
         ((kind, args),) = spec.items()
+        if kind in ("uniform", "loguniform") and isinstance(args, list):
+            args = [as_number(a) for a in args]
         number = (int, float) if kind != "randint" else int
         ok = isinstance(args, list) and len(args) > 0
         if kind != "choice":
@@ -80,6 +82,14 @@ class Param:
         if self.kind == "choice":
             return tune.choice(self.args)
         return getattr(tune, self.kind)(*self.args)  # uniform, loguniform, randint
+
+
+def as_number(value: Any) -> Any:
+    """A float for a numeric string (YAML 1.1 reads 1e-4, without a dot, as text)."""
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 def plain(value: Any) -> Any:

@@ -150,20 +150,16 @@ def progress(total: int) -> Any:
     from ray import tune
 
     class Progress(tune.Callback):
-        bar: Any = None  # made when the first trial starts: Tune pickles its callbacks
-
-        def on_trial_start(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
-            if self.bar is None:
-                self.bar = tqdm(total=total, desc="trials", unit="trial", dynamic_ncols=True)
+        bar: Any = None  # made at the first trial's end: Tune pickles its callbacks
 
         def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
             result = trial.last_result or {}
-            score, epochs = result.get(METRIC, math.nan), result.get("epoch", 0)
-            log.info(
-                "trial %s: best dev wF1 %.2f%% in %d epochs", trial.trial_id, 100 * score, epochs
+            score, epochs = 100 * result.get(METRIC, math.nan), result.get("epoch", 0)
+            log.info("trial %s: best dev wF1 %.2f%% in %d epochs", trial.trial_id, score, epochs)
+            self.bar = self.bar or tqdm(
+                total=total, desc="trials", unit="trial", dynamic_ncols=True
             )
-            if self.bar is not None:
-                self.bar.update()
+            self.bar.update()
 
         on_trial_error = on_trial_complete
 
@@ -185,7 +181,6 @@ def search(
     searcher: str = "random",
     grace_epochs: int = 5,
     search_seed: int = 0,
-    verbose: int = 0,
 ) -> list[Trial]:
     """Run `trials` trials on Ray Tune with ASHA, Ray being started; return them, best
     first. The config's own values are the first trial when they lie in the space."""
@@ -234,7 +229,7 @@ def search(
         run_config=tune.RunConfig(
             name="ray-tune",
             storage_path=str(out.resolve()),
-            verbose=verbose,  # 0: the progress bar and the log say enough
+            verbose=0,  # the progress bar and the log say enough
             callbacks=[progress(trials)],
         ),
     )
@@ -418,18 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_arguments(parser, seeds=3, out="<train.runs_dir>/tune/<name>-<date-time>")
     parser.add_argument("--space", required=True, help="YAML search space (see configs/spaces/)")
     parser.add_argument("--trials", type=int, default=20, help="trials (default %(default)s)")
-    parser.add_argument(
-        "--search",
-        choices=("random", "optuna"),
-        default="random",
-        help="random sampling or Optuna's TPE (default %(default)s)",
-    )
-    parser.add_argument(
-        "--grace-epochs",
-        type=int,
-        default=5,
-        help="ASHA: epochs every trial runs before it may be stopped (default %(default)s)",
-    )
+    parser.add_argument("--search", choices=("random", "optuna"), default="random", help="sampler")
+    parser.add_argument("--grace-epochs", type=int, default=5, help="ASHA's grace period")
     parser.add_argument("--search-seed", type=int, default=0, help="seed of the sampler")
     parser.add_argument("--no-base", action="store_true", help="do not train CONFIG itself")
     add_backend_arguments(parser, choose=False)

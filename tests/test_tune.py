@@ -58,6 +58,7 @@ def test_params_and_overrides() -> None:
     assert randint.contains(4) and randint.contains(15) and not randint.contains(16)
     assert randint.extremes() == [4, 15]
     assert Param.parse("model.dropout", {"uniform": [0.2, 0.6]}).contains(0.5)
+    assert Param.parse("train.lr", {"loguniform": ["1e-4", 1e-3]}).args == [1e-4, 1e-3]
     values = {"train.lr": np.float64(1e-4), "model.wp": np.int64(3), "model.encoders": {"t": "mlp"}}
     config = load_config(None, overrides_of(values))
     assert (config.train.lr, config.model.wp, config.model.encoders["t"]) == (1e-4, 3, "mlp")
