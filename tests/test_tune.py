@@ -3,9 +3,10 @@ never scores test, and the Ray options' messages when Ray is missing."""
 
 from __future__ import annotations
 
+import ast
 import json
-import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,21 @@ def test_tune_says_what_to_install(
     assert "python -m corect.tune needs Ray" in capsys.readouterr().err
 
 
-def test_commands_do_not_import_ray() -> None:
-    code = "import sys, corect.benchmark, corect.compare_modes, corect.tune\n"
-    code += "print('ray' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+def eager_imports(node: ast.AST) -> Iterator[str]:
+    """The modules a file imports when it is imported (function bodies left out)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        if isinstance(child, ast.Import):
+            yield from (alias.name for alias in child.names)
+        elif isinstance(child, ast.ImportFrom) and child.module:
+            yield child.module
+        yield from eager_imports(child)
+
+
+def test_ray_is_imported_only_inside_functions() -> None:
+    """Importing any corect module never imports Ray or Optuna."""
+    for path in sorted((ROOT / "corect").rglob("*.py")):
+        names = set(eager_imports(ast.parse(path.read_text())))
+        assert not {n for n in names if n.split(".")[0] in ("ray", "optuna")}, path
+    assert "torch" in set(eager_imports(ast.parse((ROOT / "corect/backends.py").read_text())))
