@@ -22,7 +22,8 @@ The result files are rewritten (atomically) after every run, so an interrupted
 benchmark leaves the finished runs tabulated (``"complete": false``); run the same
 command again with the same ``--out`` and the finished runs (same resolved config) are
 reused, not retrained. A failing run stops the benchmark with an error naming the model
-and seed.
+and seed. With ``--backend ray`` the runs train as Ray tasks, several at once
+(:mod:`corect.backends`); the files, the reuse and the failure handling are the same.
 """
 
 from __future__ import annotations
@@ -31,25 +32,29 @@ import argparse
 import itertools
 import json
 import logging
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from corect import plots
-from corect.config import Config, ConfigError, add_overrides_argument, load_config
+from corect.backends import add_backend_arguments, backend_from_args
+from corect.config import Config, ConfigError, load_config
 from corect.errors import INPUT_ERRORS, InputError, report
 from corect.experiments import (
+    Backend,
+    add_plan_arguments,
+    command_line,
     experiment_log,
     fmt_mean_std,
-    mean_std,
     parse_list,
     parse_seeds,
     run_plan,
+    seed_scores,
     train_or_reuse,
     training_config,
 )
@@ -62,6 +67,7 @@ DEFAULT_MODELS = DEFAULT_VARIANTS
 
 METRICS = (("accuracy", "Acc"), ("weighted_f1", "wF1"), ("macro_f1", "macro-F1"))
 MODES = ("offline", "causal")
+PlanItem = tuple[str, int, Config]  # model, seed, the run's config
 
 
 def model_overrides(name: str) -> tuple[str, ...]:
@@ -132,11 +138,7 @@ class Benchmark:
         runs = [r for r in self.results if r.model == model and mode in (None, r.mode)]
         if not runs:
             return None
-        out: dict[str, Any] = {"seeds": [r.seed for r in runs]}
-        for key, _ in METRICS:
-            out[key] = mean_std([100 * r.test(key) for r in runs])
-        dev = [r.metrics.get("dev", {}).get("weighted_f1") for r in runs]
-        out["dev_weighted_f1"] = mean_std([100 * d for d in dev]) if None not in dev else None
+        out = {"seeds": [r.seed for r in runs], **seed_scores([r.metrics for r in runs])}
         out["num_parameters"] = runs[0].metrics.get("num_parameters")
         spe = [r.metrics.get("seconds_per_epoch") for r in runs]
         out["seconds_per_epoch"] = sum(spe) / len(spe) if None not in spe else None
@@ -271,12 +273,14 @@ def run_benchmark(
     command: str = "",
     train_fn: Callable[[Config], Path] | None = None,
     modes: Sequence[str] = (),
+    backend: Backend | None = None,
 ) -> Benchmark:
     """Train every model with every seed (in each of `modes`: offline, causal; by default
     the config's mode); write and return the results.
 
     Every run's config is built and validated before the first run starts, so a typo in a
-    model name or an override fails at once. `train_fn` defaults to corect.train.train.
+    model name or an override fails at once. `train_fn` defaults to corect.train.train;
+    `backend` (default: this process, one run after another) says where runs train.
     """
     if not models:
         raise ConfigError("--models: give at least one model")
@@ -286,11 +290,10 @@ def run_benchmark(
         raise ConfigError(f"--models: duplicate model names in {','.join(models)}")
     name = name or (Path(config_path).stem if config_path else "synthetic")
     out = Path(out_dir) if out_dir else default_out_dir(config_path, overrides, name)
-    runs_dir = out / "runs"
     if len(set(modes)) != len(modes):
         raise ConfigError(f"--modes: duplicate modes in {','.join(modes)}")
-    plan = [
-        (m, s, run_config(config_path, overrides, m, s, runs_dir, mode))
+    plan: list[PlanItem] = [
+        (m, s, run_config(config_path, overrides, m, s, out / "runs", mode))
         for m in models
         for mode in (modes or [None])
         for s in seeds
@@ -302,24 +305,42 @@ def run_benchmark(
         name, out, config_path, list(overrides), list(models), list(seeds), command, modes=[*modes]
     )
     bench.write(complete=False)
+    done: dict[int, RunResult] = {}
+
+    def record(position: int, output: tuple[Path, float]) -> None:
+        model, seed, _ = plan[position]
+        done[position] = read_run(model, seed, *output, out)
+        bench.results = [done[k] for k in sorted(done)]  # in plan order, whatever ran them
+
     with experiment_log(out / "benchmark.log"):  # benchmark and training logs
         log.info("benchmark %s: %d models x %d seeds -> %s", name, len(models), len(seeds), out)
         run_plan(
             plan,
-            lambda item: bench.results.append(run_one(*item, train_fn, out)),
+            partial(train_item, train_fn=train_fn, runs_dir=out / "runs"),
+            record,
             bench.write,
             desc="benchmark",
-            label=lambda item: f"{item[0]} {mode_of(item[2])} seed {item[1]}",
+            label=lambda item: item[2].train.run_name,  # <model>[-causal]-seed<k>
+            failed=run_failed,
+            backend=backend,
         )
     return bench
 
 
-def mode_of(config: Config) -> str:
-    return "causal" if config.model.causal else "offline"
+def train_item(
+    item: PlanItem, train_fn: Callable[[Config], Path], runs_dir: Path
+) -> tuple[Path, float]:
+    """Train one planned run (or reuse a finished one under `runs_dir`), wherever the
+    backend runs it: its directory and the seconds it took."""
+    model, seed, config = item
+    log.info("run %s seed %d: %s", model, seed, " ".join(model_overrides(model)))
+    start = time.perf_counter()
+    run_dir = train_or_reuse(config, train_fn, runs_dir)
+    return run_dir, time.perf_counter() - start
 
 
-def read_run(model: str, seed: int, run_dir: Path, out: Path) -> RunResult:
-    """The RunResult of a finished run directory (its metrics.json)."""
+def read_run(model: str, seed: int, run_dir: Path, seconds: float, out: Path) -> RunResult:
+    """The RunResult of a finished run directory (its metrics.json), logged."""
     metrics = read_json(run_dir / "metrics.json")
     test = metrics.get("test") if isinstance(metrics, dict) else None
     missing = [k for k, _ in METRICS if not isinstance(test, dict) or k not in test]
@@ -329,32 +350,25 @@ def read_run(model: str, seed: int, run_dir: Path, out: Path) -> RunResult:
         shown = str(run_dir.resolve().relative_to(out.resolve()))
     except ValueError:
         shown = str(run_dir)
-    return RunResult(model, seed, shown, metrics)
-
-
-def run_one(
-    model: str, seed: int, config: Config, train_fn: Callable[[Config], Path], out: Path
-) -> RunResult:
-    """Train one run (or reuse a finished one under ``out/runs``) and read its metrics; any
-    failure is re-raised naming model and seed."""
-    log.info("run %s seed %d: %s", model, seed, " ".join(model_overrides(model)))
-    start = time.perf_counter()
-    try:
-        result = read_run(model, seed, train_or_reuse(config, train_fn, out / "runs"), out)
-    except Exception as err:
-        log.error("model %s seed %d failed: %s", model, seed, err)
-        # Bad input (a diverged run, a bad file) stays an input error: one line, exit 2.
-        kind = InputError if isinstance(err, INPUT_ERRORS) else RuntimeError
-        raise kind(f"benchmark: model {model!r} (seed {seed}) failed: {err}") from err
+    result = RunResult(model, seed, shown, metrics)
     log.info(
         "done %s seed %d in %.0fs: test wF1 %.2f%%, acc %.2f%%",
         model,
         seed,
-        time.perf_counter() - start,
+        seconds,
         100 * result.test("weighted_f1"),
         100 * result.test("accuracy"),
     )
     return result
+
+
+def run_failed(item: PlanItem, err: Exception) -> Exception:
+    """The error that stops the benchmark, naming the model and seed that failed. Bad input
+    (a diverged run, a bad file) stays an input error: one line, exit 2."""
+    model, seed, _ = item
+    log.error("model %s seed %d failed: %s", model, seed, err)
+    kind = InputError if isinstance(err, INPUT_ERRORS) else RuntimeError
+    return kind(f"benchmark: model {model!r} (seed {seed}) failed: {err}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,19 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config", default=None, help="YAML config (default: built-in defaults, synthetic data)"
-    )
+    add_plan_arguments(parser, seeds=1, out="<train.runs_dir>/benchmarks/<name>-<date-time>")
     parser.add_argument(
         "--models",
         default=",".join(DEFAULT_MODELS),
         help=f"comma-separated model names, see below (default: {','.join(DEFAULT_MODELS)})",
-    )
-    seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seeds", type=int, default=1, help="train with seeds 1..N (default: 1)")
-    seeds.add_argument("--seed-list", default=None, help="comma-separated seeds, e.g. 1,7,42")
-    add_overrides_argument(
-        parser, "config overrides for every run, e.g. train.epochs=20 data.modalities=t"
     )
     parser.add_argument(
         "--modes",
@@ -396,18 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
         "are named <model>-causal-seed<k>; default: the mode the config says)",
     )
     parser.add_argument(
-        "--out",
-        default=None,
-        help="output directory (default: <train.runs_dir>/benchmarks/<name>-<date-time>)",
-    )
-    parser.add_argument(
-        "--name",
-        default=None,
-        help="benchmark name (default: the config file's stem, or 'synthetic')",
-    )
-    parser.add_argument(
         "--list-models", action="store_true", help="print the model names and overrides, exit"
     )
+    add_backend_arguments(parser)
     return parser
 
 
@@ -419,17 +416,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:22s} {' '.join(overrides)}")
         return 0
     try:
-        seeds = parse_seeds(args.seed_list, args.seeds)
-        command = shlex.join(["python", "-m", "corect.benchmark", *(argv or sys.argv[1:])])
         bench = run_benchmark(
             args.config,
             parse_list(args.models),
-            seeds,
+            parse_seeds(args.seed_list, args.seeds),
             args.overrides,
             args.out,
             args.name,
-            command=command,
+            command=command_line("corect.benchmark", argv),
             modes=parse_list(args.modes),
+            backend=backend_from_args(args),
         )
     except INPUT_ERRORS as err:
         return report(err)

@@ -21,7 +21,9 @@ under ``<train.runs_dir>/compare/<name>-<date-time>/``:
   offline (:func:`corect.plots.modes_figure`), once both modes have a run;
 - ``compare.log``: the log, training included.
 
-The table is printed at the end, and the path of ``results.md`` last.
+The table is printed at the end, and the path of ``results.md`` last. With ``--backend
+ray`` the runs train as Ray tasks, several at once (:mod:`corect.backends`); everything
+else is the same.
 """
 
 from __future__ import annotations
@@ -29,22 +31,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from corect import plots
-from corect.config import Config, ConfigError, add_overrides_argument
+from corect.backends import add_backend_arguments, backend_from_args
+from corect.config import Config, ConfigError
 from corect.data.format import Dataset, DatasetError
 from corect.errors import INPUT_ERRORS, report
 from corect.experiments import (
+    Backend,
+    add_plan_arguments,
     check_comparable,
+    command_line,
     experiment_log,
     fmt_mean_std,
     mean_std,
@@ -62,6 +68,7 @@ from corect.training import train
 
 log = logging.getLogger("corect.compare_modes")
 MODES = ("offline", "causal")
+PlanItem = tuple[str, Config | Path]  # mode, the run's config (or a trained run)
 HEADLINE = (("accuracy", "Accuracy"), ("weighted_f1", "Weighted F1"), ("macro_f1", "Macro F1"))
 
 
@@ -264,8 +271,10 @@ def compare(
     out_dir: str | Path | None = None,
     split: str = "test",
     command: str = "",
+    backend: Backend | None = None,
 ) -> Comparison:
-    """Train (or load) both modes, score them, write and return the comparison."""
+    """Train (or load) both modes, score them, write and return the comparison. Runs
+    train on `backend` (default: here, one after another); scoring is done here."""
     name = name or (Path(config_path).stem if config_path else "synthetic")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     if runs or causal_runs:
@@ -299,15 +308,10 @@ def compare(
             raise DatasetError(f"split {split!r} not in dataset {dataset.path}")
         comparison = Comparison(name, out, list(dataset.labels), len(plan), split, command=command)
         configs: dict[str, Config] = {}
+        done: dict[int, ModeRun] = {}
 
-        def run(item: tuple[str, Config | Path]) -> None:
-            mode, given = item
-            if isinstance(given, Config):
-                log.info("training %s, seed %d", mode, given.train.seed)
-                runs_dir = Path(given.train.runs_dir) / dataset.name
-                run_dir = train_or_reuse(given, train, runs_dir)
-            else:
-                run_dir = given
+        def record(position: int, run_dir: Path) -> None:
+            mode = plan[position][0]
             config, _, metrics = score_run(run_dir, dataset, split)
             expected = mode == "causal"
             if config.model.causal != expected:
@@ -325,7 +329,8 @@ def compare(
                 )
             configs[str(run_dir)] = config
             check_comparable(configs)
-            comparison.runs.append(ModeRun(mode, config.train.seed, str(run_dir), metrics))
+            done[position] = ModeRun(mode, config.train.seed, str(run_dir), metrics)
+            comparison.runs = [done[k] for k in sorted(done)]  # in plan order
             log.info(
                 "%s seed %d: %s acc %.2f wF1 %.2f mF1 %.2f  (%s)",
                 mode,
@@ -341,11 +346,29 @@ def compare(
             )
 
         log.info("compare %s: %d runs -> %s", name, len(plan), out)
-        run_plan(plan, run, comparison.write, desc="compare", label=plan_label)
+        run_plan(
+            plan,
+            partial(train_item, dataset_name=dataset.name),
+            record,
+            comparison.write,
+            desc="compare",
+            label=plan_label,
+            backend=None if runs else backend,  # given runs are only scored
+        )
     return comparison
 
 
-def plan_label(item: tuple[str, Config | Path]) -> str:
+def train_item(item: PlanItem, dataset_name: str) -> Path:
+    """The run directory of a plan item: a given run, or its config trained (or a
+    finished run reused) under ``<train.runs_dir>/<dataset_name>``."""
+    mode, given = item
+    if isinstance(given, Path):
+        return given
+    log.info("training %s, seed %d", mode, given.train.seed)
+    return train_or_reuse(given, train, Path(given.train.runs_dir) / dataset_name)
+
+
+def plan_label(item: PlanItem) -> str:
     mode, given = item
     return f"{mode} seed {given.train.seed}" if isinstance(given, Config) else f"{mode} {given}"
 
@@ -375,17 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--config", default=None, help="YAML config (default: built-in CORECT on synthetic data)"
-    )
-    seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument(
-        "--seeds", type=int, default=3, help="train with seeds 1..N (default %(default)s)"
-    )
-    seeds.add_argument("--seed-list", default=None, help="comma-separated seeds, e.g. 1,7,42")
-    add_overrides_argument(
-        parser, "config overrides for both modes, e.g. train.epochs=10 data.modalities=ta"
-    )
+    add_plan_arguments(parser, seeds=3, out="<train.runs_dir>/compare/<name>-<date-time>")
     parser.add_argument(
         "--runs",
         default="",
@@ -401,10 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["test", "dev"],
         help="split to score (default %(default)s)",
     )
-    parser.add_argument("--name", default=None, help="name (default: the config file's stem)")
-    parser.add_argument(
-        "--out", default=None, help="output directory (default: <runs_dir>/compare/<name>-<time>)"
-    )
+    add_backend_arguments(parser)
     return parser
 
 
@@ -412,18 +422,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()
     try:
-        seeds = parse_seeds(args.seed_list, args.seeds)
-        command = shlex.join(["python", "-m", "corect.compare_modes", *(argv or sys.argv[1:])])
         comparison = compare(
             args.config,
-            seeds,
+            parse_seeds(args.seed_list, args.seeds),
             args.overrides,
             runs=parse_list(args.runs),
             causal_runs=parse_list(args.causal_runs),
             name=args.name,
             out_dir=args.out,
             split=args.split,
-            command=command,
+            command=command_line("corect.compare_modes", argv),
+            backend=backend_from_args(args),
         )
     except INPUT_ERRORS as err:
         return report(err)

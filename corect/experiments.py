@@ -1,36 +1,45 @@
 """The one experiment runner behind the multi-run commands (``benchmark``,
-``compare_modes``): run configs, seeds, logging, progress, reuse of finished runs,
-result files rewritten after every run, and mean ± std over seeds.
+``compare_modes``, ``tune``'s final runs): run configs, seeds, logging, progress, reuse
+of finished runs, result files rewritten after every run, and mean ± std over seeds.
 
 A command plans its runs (every config built and validated before the first one
-trains), then :func:`run_plan` runs them in order under one log file (training
-included) and one progress bar, calling the command's ``write(complete)`` after every
-run so that an interrupted experiment leaves its finished runs tabulated.
+trains), then :func:`run_plan` trains them, one after another in this process or as
+tasks of a :class:`Backend` (:class:`corect.backends.RayBackend`), under one log file
+(training included) and one progress bar. As each run finishes, the command records it
+and its ``write(complete)`` rewrites the results here, in the driver, so that an
+interrupted experiment leaves its finished runs tabulated whatever ran them.
 :func:`train_or_reuse` trains a run unless a finished run with the same resolved config
 is found.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import math
+import shlex
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from corect.config import Config, ConfigError, load_config
+from corect.config import Config, ConfigError, add_overrides_argument, load_config
 from corect.runs import run_status
 
 log = logging.getLogger("corect.experiments")
 # Config keys that may differ between the runs being compared.
 FREE_KEYS = {"model.causal", "model.wf", "train.seed", "train.run_name", "train.runs_dir"}
 FREE_KEYS |= {"train.progress", "train.device", "train.amp", "data.cache_dir"}
+SCORES = ("accuracy", "weighted_f1", "macro_f1")  # the test figures every table shows
 T = TypeVar("T")
+R = TypeVar("R")
+# (position in the plan, output of its work), as runs finish.
+Outputs = Generator[tuple[int, R], None, None]
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -41,8 +50,31 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "std": math.sqrt(var)}
 
 
+def seed_scores(metrics: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over runs (in %) of the test accuracy, weighted F1 and macro F1, and of
+    the dev weighted F1 (None when a run lacks it), from the runs' metrics.json."""
+    out: dict[str, Any] = {key: mean_std([100 * m["test"][key] for m in metrics]) for key in SCORES}
+    dev = [m.get("dev", {}).get("weighted_f1") for m in metrics]
+    out["dev_weighted_f1"] = mean_std([100 * d for d in dev]) if None not in dev else None
+    return out
+
+
 def fmt_mean_std(stats: dict[str, float]) -> str:
     return f"{stats['mean']:.2f} ± {stats['std']:.2f}"
+
+
+def fmt_value(value: Any) -> str:
+    """A table cell: floats to 4 significant digits, mappings and lists as JSON."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of `rows` (the first row's keys are the columns)."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(fmt_value(v) for v in row.values()) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def parse_list(text: str) -> list[str]:
@@ -62,6 +94,31 @@ def parse_seeds(seed_list: str | None, seeds: int) -> list[int]:
     return list(range(1, seeds + 1))
 
 
+def add_plan_arguments(parser: argparse.ArgumentParser, *, seeds: int, out: str) -> None:
+    """The options of every multi-run command: ``--config``, ``--seeds`` or
+    ``--seed-list``, ``--set``, ``--name`` and ``--out`` (`out`: its default, in words)."""
+    parser.add_argument(
+        "--config", default=None, help="YAML config (default: CORECT on the synthetic data)"
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--seeds", type=int, default=seeds, help=f"train with seeds 1..N (default: {seeds})"
+    )
+    group.add_argument("--seed-list", default=None, help="comma-separated seeds, e.g. 1,7,42")
+    add_overrides_argument(
+        parser, "config overrides for every run, e.g. train.epochs=20 data.modalities=t"
+    )
+    parser.add_argument(
+        "--name", default=None, help="name (default: the config file's stem, or 'synthetic')"
+    )
+    parser.add_argument("--out", default=None, help=f"output directory (default: {out})")
+
+
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command as typed (`argv`: its arguments; None: this process's)."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
 def training_config(
     config_path: str | None,
     overrides: Sequence[str],
@@ -76,10 +133,11 @@ def training_config(
     quiet = (
         [] if any(o.startswith("train.progress=") for o in overrides) else ["train.progress=false"]
     )
-    place = [f"train.runs_dir={runs_dir}"] if runs_dir is not None else []
+    # Quoted: a name or a path that looks like a number stays a string.
+    place = [f"train.runs_dir={json.dumps(str(runs_dir))}"] if runs_dir is not None else []
+    name = f"train.run_name={json.dumps(run_name)}"
     return load_config(
-        config_path,
-        [*quiet, *overrides, *extra, f"train.seed={seed}", *place, f"train.run_name={run_name}"],
+        config_path, [*quiet, *overrides, *extra, f"train.seed={seed}", *place, name]
     )
 
 
@@ -95,35 +153,103 @@ def setup_logging() -> logging.Logger:
 
 
 @contextmanager
-def experiment_log(path: Path) -> Iterator[logging.Logger]:
-    """The package log also goes to `path` (training included), and around tqdm bars."""
+def log_to_file(path: str | Path) -> Iterator[logging.Logger]:
+    """The package log (training included) also goes to `path` (appended) while open."""
     package_log = setup_logging()
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     package_log.addHandler(handler)
     try:
-        with logging_redirect_tqdm([package_log]):
-            yield package_log
+        yield package_log
     finally:
         package_log.removeHandler(handler)
         handler.close()
 
 
+@contextmanager
+def experiment_log(path: Path) -> Iterator[logging.Logger]:
+    """The package log also goes to `path` (training included), and around tqdm bars."""
+    with log_to_file(path) as package_log, logging_redirect_tqdm([package_log]):
+        yield package_log
+
+
+class RunFailed(Exception):
+    """The run at `position` of a plan failed with `cause` (raised by backends)."""
+
+    def __init__(self, position: int, cause: Exception) -> None:
+        super().__init__(f"run {position} of the plan failed: {cause}")
+        self.position, self.cause = position, cause
+
+
+class Backend(Protocol):
+    """Where the runs of a plan train (:mod:`corect.backends`); None: here, in order."""
+
+    def describe(self) -> str:
+        """How runs are placed, for the log (e.g. "local Ray, 1 CPU per run")."""
+        ...
+
+    def run(self, work: Callable[[T], R], items: Sequence[T]) -> Outputs[R]:
+        """Yield ``(position, work(item))`` for every item as each finishes; a failure
+        raises :class:`RunFailed` after cancelling the runs not finished."""
+        ...
+
+
+def _in_order(
+    plan: Sequence[T], work: Callable[[T], R], progress: tqdm, label: Callable[[T], str]
+) -> Outputs[R]:
+    """The sequential path: each item's work in this process, in plan order."""
+    for position, item in enumerate(plan):
+        progress.set_postfix_str(label(item))
+        try:
+            output = work(item)
+        except Exception as err:
+            raise RunFailed(position, err) from err
+        yield position, output
+
+
 def run_plan(
     plan: Sequence[T],
-    run: Callable[[T], None],
+    work: Callable[[T], R],
+    record: Callable[[int, R], None],
     write: Callable[[bool], None],
     *,
     desc: str,
     label: Callable[[T], str],
+    failed: Callable[[T, Exception], Exception] | None = None,
+    backend: Backend | None = None,
 ) -> None:
-    """Run every item of `plan` in order under one progress bar (`label`: its postfix);
-    after each, ``write(False)`` rewrites the results; at the end ``write(True)``."""
-    progress = tqdm(plan, desc=desc, unit="run", dynamic_ncols=True)
-    for item in progress:
-        progress.set_postfix_str(label(item))
-        run(item)
-        write(False)
+    """Run every item of `plan` under one progress bar (`label`: an item's postfix).
+
+    ``work(item)`` trains it: here in plan order (`backend` None) or as a task of
+    `backend`, several at once. Then, in this process as each finishes,
+    ``record(position, output)`` keeps its result and ``write(False)`` rewrites the
+    results; at the end ``write(True)``. The first failure (of `work` or `record`) stops
+    the plan and is raised as ``failed(item, error)`` (default: as it is); the runs
+    recorded before it stay written.
+    """
+    progress = tqdm(total=len(plan), desc=desc, unit="run", dynamic_ncols=True)
+    if backend is None:
+        outputs = _in_order(plan, work, progress, label)
+    else:
+        log.info("%d runs on %s", len(plan), backend.describe())
+        outputs = backend.run(work, plan)
+    try:
+        for position, output in outputs:
+            try:
+                record(position, output)
+            except Exception as err:
+                raise RunFailed(position, err) from err
+            write(False)
+            if backend is not None:
+                progress.set_postfix_str(f"done {label(plan[position])}")
+            progress.update()
+    except RunFailed as err:
+        if failed is None:
+            raise err.cause from None
+        raise failed(plan[err.position], err.cause) from err.cause
+    finally:
+        outputs.close()  # a backend cancels the runs not finished
+        progress.close()
     write(True)
 
 

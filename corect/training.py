@@ -16,6 +16,9 @@ marked failed, or removed when it holds no checkpoint yet)::
         run.json         status: running, completed or failed (with the error)
         confusion-dev.png, confusion-test.png   labelled confusion matrices (corect.plots)
         events.*         TensorBoard (tensorboard --logdir runs)
+
+A hyperparameter search (:mod:`corect.tune`) passes ``on_epoch``, called with the
+epoch's dev figures, and ``test=False``: the test split is then never scored.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +61,9 @@ from corect.runs import (
 )
 
 log = logging.getLogger("corect")
+# Called after every epoch with its figures: epoch, train_loss, dev_loss, dev_accuracy,
+# dev_weighted_f1, dev_macro_f1, best_dev_weighted_f1, best_epoch, lr.
+EpochCallback = Callable[[dict[str, float]], None]
 
 
 class DivergedError(InputError):
@@ -134,8 +141,10 @@ def log_confusion(
     writer.add_text(f"confusion/{split}", header + "\n" + body, step)
 
 
-def train(config: Config) -> Path:
-    """Train one model as described by `config`; return its run directory."""
+def train(config: Config, *, on_epoch: EpochCallback | None = None, test: bool = True) -> Path:
+    """Train one model as described by `config`; return its run directory. `on_epoch`
+    gets every epoch's figures once dev is scored; with `test` False the test split is
+    never scored (metrics.json then holds dev only)."""
     from torch.utils.tensorboard import SummaryWriter
 
     setup_logging()
@@ -148,7 +157,7 @@ def train(config: Config) -> Path:
     write_run_status(run_dir, "running")
     writer = SummaryWriter(log_dir=str(run_dir))
     try:
-        fit(config, dataset, model, device, generator, run_dir, writer)
+        fit(config, dataset, model, device, generator, run_dir, writer, on_epoch, test)
     except BaseException as err:
         writer.close()
         abandon_run(run_dir, err)
@@ -186,8 +195,11 @@ def fit(
     generator: torch.Generator,
     run_dir: Path,
     writer: Any,
+    on_epoch: EpochCallback | None = None,
+    test: bool = True,
 ) -> None:
-    """The epochs of one run, then the best checkpoint scored on dev and test; writes
+    """The epochs of one run, then the best checkpoint scored on dev and test (unless
+    `test` is False; `on_epoch` gets each epoch's dev figures); writes
     checkpoint.pt, metrics.json, the figures and TensorBoard logs into `run_dir`.
     Raises :class:`DivergedError` on a non-finite loss."""
     train_split, dev_split, test_split = (dataset.splits[s] for s in ("train", "dev", "test"))
@@ -308,19 +320,31 @@ def fit(
         for label, value in dev_metrics["per_class_f1"].items():
             writer.add_scalar(f"class_f1_dev/{label}", value, epoch)
         writer.add_scalar("lr", lr, epoch)
+        if on_epoch is not None:
+            on_epoch(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "dev_loss": dev_loss,
+                    **{f"dev_{k}": dev_metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")},
+                    "best_dev_weighted_f1": best_f1,
+                    "best_epoch": best_epoch,
+                    "lr": lr,
+                }
+            )
         if cfg.early_stopping and epoch - best_epoch >= cfg.early_stopping:
             log.info("early stop: no dev weighted-F1 gain for %d epochs", cfg.early_stopping)
             break
 
     # --- reload the best checkpoint and score it exactly as corect.evaluate does ---
     model.load_state_dict(load_checkpoint(run_dir, device)["state_dict"])
-    dev_metrics, dev_loss = evaluate_split(
-        model, dev_split, dataset.labels, cfg.batch_size, device, cfg.amp
-    )
-    test_metrics, test_loss = evaluate_split(
-        model, test_split, dataset.labels, cfg.batch_size, device, cfg.amp
-    )
-    dev_metrics["loss"], test_metrics["loss"] = dev_loss, test_loss
+    scored: dict[str, dict[str, Any]] = {}
+    for split_name, split in {"dev": dev_split, **({"test": test_split} if test else {})}.items():
+        metrics, loss = evaluate_split(
+            model, split, dataset.labels, cfg.batch_size, device, cfg.amp
+        )
+        scored[split_name] = {**metrics, "loss": loss}
+    dev_metrics = scored["dev"]
     results = {
         "dataset": dataset.name,
         "task": dataset.task,
@@ -335,13 +359,12 @@ def fit(
         "train_seconds": float(np.sum(epoch_times)),
         "num_parameters": num_parameters,
         "device": str(device),
-        "dev": dev_metrics,
-        "test": test_metrics,
+        **scored,
     }
     write_json_atomic(run_dir / "metrics.json", results)
-    for split_name, metrics in (("dev", dev_metrics), ("test", test_metrics)):
+    for split_name, metrics in scored.items():
         log_confusion(writer, run_dir, config, dataset, split_name, metrics, best_epoch)
-    for label, value in test_metrics["per_class_f1"].items():
+    for label, value in scored.get("test", {}).get("per_class_f1", {}).items():
         writer.add_scalar(f"class_f1_test/{label}", value, best_epoch)
     hparams = {
         "model": config.model.name,
@@ -355,22 +378,27 @@ def fit(
         "seed": cfg.seed,
         "dropout": config.model.dropout,
     }
+    test_figures = (
+        {f"hparam/test_{k}": scored["test"][k] for k in ("weighted_f1", "accuracy")} if test else {}
+    )
     writer.add_hparams(
         hparams,
         {
-            "hparam/test_weighted_f1": test_metrics["weighted_f1"],
-            "hparam/test_accuracy": test_metrics["accuracy"],
+            **test_figures,
             "hparam/dev_weighted_f1": dev_metrics["weighted_f1"],
             "hparam/best_epoch": best_epoch,
         },
         run_name=".",
     )
+    test_line = (
+        "test acc {accuracy:.4f} wF1 {weighted_f1:.4f} mF1 {macro_f1:.4f}".format(**scored["test"])
+        if test
+        else "test not scored"
+    )
     log.info(
-        "best epoch %d: dev wF1 %.4f | test acc %.4f wF1 %.4f mF1 %.4f | %.2fs/epoch",
+        "best epoch %d: dev wF1 %.4f | %s | %.2fs/epoch",
         best_epoch,
         dev_metrics["weighted_f1"],
-        test_metrics["accuracy"],
-        test_metrics["weighted_f1"],
-        test_metrics["macro_f1"],
+        test_line,
         results["seconds_per_epoch"],
     )

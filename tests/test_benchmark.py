@@ -13,10 +13,10 @@ from corect.benchmark import (
     VARIANTS,
     is_reference,
     main,
-    mean_std,
     run_benchmark,
 )
 from corect.config import Config, ConfigError, save_config
+from corect.experiments import mean_std
 
 
 def fake_train(config: Config) -> Path:

@@ -14,6 +14,7 @@ from corect.models.rtgcn import RTGCN
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"train", "evaluate", "predict", "stream", "speed", "benchmark", "compare_modes"}
+COMMANDS |= {"tune"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -1,0 +1,162 @@
+"""Runs on a local Ray (one session for the module, 2 CPUs): the Ray backend gives what
+the sequential path gives (same files, same numbers, reuse, failures), and
+``corect.tune`` searches end to end without ever scoring test."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import corect
+from corect.backends import RayBackend, start_ray
+from corect.benchmark import run_benchmark
+from corect.compare_modes import compare
+from corect.config import Config, load_config
+from corect.tune import run_tune
+from tests.conftest import TINY_DIMS
+from tests.test_benchmark import fake_train
+
+ray = pytest.importorskip("ray")
+# Tasks unpickle this module's functions by value: workers need not import the tests.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(sys.modules["tests.test_benchmark"])
+
+TINY = [
+    "data.synthetic.train_dialogues=6",
+    "data.synthetic.dev_dialogues=2",
+    "data.synthetic.test_dialogues=2",
+    "data.synthetic.min_length=4",
+    "data.synthetic.max_length=8",
+    f"data.synthetic.dims={json.dumps(TINY_DIMS)}",
+    "train.epochs=2",
+    "train.device=cpu",
+    "train.figures=false",
+    "model.hidden_size=16",
+    "model.gnn_heads=2",
+    "model.pcm_layers=1",
+    "model.pcm_self_layers=1",
+    "model.encoder_layers=1",
+]
+
+
+def tiny(tmp_path: Path) -> list[str]:
+    return [*TINY, f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[RayBackend]:
+    """A local Ray for the whole module: 2 CPUs, a small object store, no dashboard."""
+    started = start_ray(num_cpus=2, object_store_memory=100 * 2**20)
+    yield RayBackend(cpus_per_run=1)
+    if started:
+        ray.shutdown()
+
+
+def test_tune_end_to_end(tmp_path: Path, backend: RayBackend) -> None:
+    """First in the module: its final runs start the task workers the tests below reuse."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}, "model.wp": {"choice": [2, 11]}}}
+        )
+    )
+    overrides = [*tiny(tmp_path), "train.epochs=3"]
+    final = run_tune(
+        None,
+        space,
+        3,
+        overrides,
+        seeds=[1, 2],
+        out_dir=tmp_path / "t",
+        backend=backend,
+        grace_epochs=1,
+    )
+    out = tmp_path / "t"
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert len(trials) == 3 and (out / "trials.csv").is_file() and (out / "trials.md").is_file()
+    scores = [t["best_dev_weighted_f1"] for t in trials]
+    assert scores == sorted(scores, reverse=True)
+    # The config's own values (the defaults' lr 2.5e-4 and wp 11) were the first trial.
+    assert any(t["train.lr"] == 2.5e-4 and t["model.wp"] == 11 for t in trials)
+    assert all(len(t["history"]) == t["epochs"] >= 1 for t in trials)
+    for metrics in (out / "trials").glob("**/metrics.json"):
+        assert "test" not in json.loads(metrics.read_text())  # test never scored
+    best = load_config(out / "best.yaml")
+    assert best.train.lr == pytest.approx(trials[0]["train.lr"])
+    assert best.model.wp == trials[0]["model.wp"] and best.train.epochs == 3
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["complete"] and summary["search"]["best_trial"] == trials[0]["trial"]
+    for label, runs in summary["configs"].items():
+        assert runs["seeds"] == [1, 2] and 0 <= runs["weighted_f1"]["mean"] <= 100, label
+    assert "Test weighted_f1 (%)" in final.markdown()
+
+
+def worker_facts(item: int) -> tuple[str, int, str]:
+    return corect.__file__, torch.get_num_threads(), os.getcwd()
+
+
+def test_workers_import_this_corect(backend: RayBackend) -> None:
+    outputs = dict(backend.run(worker_facts, [0, 1, 2]))
+    assert sorted(outputs) == [0, 1, 2]
+    for corect_file, threads, cwd in outputs.values():
+        assert (corect_file, threads, cwd) == (corect.__file__, 1, os.getcwd())
+
+
+def test_benchmark_on_ray_equals_sequential(tmp_path: Path, backend: RayBackend) -> None:
+    args = (None, ["corect", "early"], [1, 2], tiny(tmp_path))
+    here = run_benchmark(*args, tmp_path / "sequential")
+    there = run_benchmark(*args, tmp_path / "ray", backend=backend)
+    assert [r.run_dir for r in there.results] == [r.run_dir for r in here.results]
+    for mine, theirs in zip(here.results, there.results, strict=True):
+        for split in ("dev", "test"):  # identical numbers, whatever ran the run
+            assert mine.metrics[split] == theirs.metrics[split]
+    data = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("sequential", "ray")]
+    assert data[0]["complete"] and data[1]["complete"]
+    for model in ("corect", "early"):
+        assert (
+            data[0]["models"][model]["summary"]["weighted_f1"]
+            == (data[1]["models"][model]["summary"]["weighted_f1"])
+        )
+    assert (tmp_path / "ray" / "benchmark.log").read_text().count("epoch   2") == 4
+
+
+def must_not_train(config: Config) -> Path:
+    raise AssertionError(f"retrained {config.train.run_name}")
+
+
+def boom_for_late(config: Config) -> Path:
+    if config.model.name == "late":
+        raise ValueError("boom")
+    return fake_train(config)
+
+
+def test_reuse_and_failure_on_ray(tmp_path: Path, backend: RayBackend) -> None:
+    models = ["early", "late"]
+    first = run_benchmark(None, models, [1, 2], [], tmp_path, train_fn=fake_train, backend=backend)
+    again = run_benchmark(
+        None, models, [1, 2], [], tmp_path, train_fn=must_not_train, backend=backend
+    )
+    assert again.table() == first.table()  # every run reused, none retrained
+
+    out = tmp_path / "failing"
+    with pytest.raises(RuntimeError, match="model 'late' \\(seed 1\\) failed: boom"):
+        run_benchmark(None, models, [1], [], out, train_fn=boom_for_late, backend=backend)
+    data = json.loads((out / "results.json").read_text())
+    assert data["complete"] is False and not data["models"]["late"]["runs"]
+
+
+def test_compare_modes_on_ray_equals_sequential(tmp_path: Path, backend: RayBackend) -> None:
+    rows = []
+    for place, on in (("sequential", None), ("ray", backend)):
+        overrides = [*tiny(tmp_path), f"train.runs_dir={tmp_path / place}"]
+        result = compare(None, [1], overrides, out_dir=tmp_path / place / "c", backend=on)
+        assert [r.mode for r in result.runs] == ["offline", "causal"]
+        rows.append(json.loads((result.out_dir / "results.json").read_text())["rows"])
+    assert rows[0]["weighted_f1"] == rows[1]["weighted_f1"]
