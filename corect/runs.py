@@ -269,8 +269,8 @@ def write_run_status(run_dir: Path, status: str, **info: Any) -> None:
 
 def run_status(run_dir: str | Path) -> str:
     """``completed``, ``running``, ``interrupted`` (running, but its process is gone),
-    ``failed: <error>``, or for runs older than run.json ``completed`` when metrics.json
-    exists and ``incomplete`` otherwise."""
+    ``failed: <error>``, ``stopped: <why>`` (Ctrl-C, a scheduler), or for runs older than
+    run.json ``completed`` when metrics.json exists and ``incomplete`` otherwise."""
     run_dir = Path(run_dir)
     path = run_dir / RUN_STATUS
     if not path.exists():
@@ -286,8 +286,8 @@ def run_status(run_dir: str | Path) -> str:
     if status == "running" and info.get("host") == HOST and isinstance(pid, int):
         if not process_alive(pid):
             return "interrupted: its process ended before the run finished"
-    if status == "failed":
-        return f"failed: {info.get('error', '?')}"
+    if status in ("failed", "stopped"):
+        return f"{status}: {info.get('error', '?')}"
     return status
 
 

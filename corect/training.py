@@ -169,11 +169,19 @@ def train(config: Config, *, on_epoch: EpochCallback | None = None, test: bool =
 
 def abandon_run(run_dir: Path, err: BaseException) -> None:
     """After a failure: remove a run folder that holds no checkpoint yet (nothing worth
-    keeping), else mark it failed in run.json; an input error's message says which."""
-    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err) or repr(err)
+    keeping), else mark it failed in run.json (stopped, when it was stopped from outside:
+    Ctrl-C, or a scheduler such as Ray Tune's ASHA); an input error's message says which."""
+    stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # Ctrl-C, a scheduler (ASHA)
+    if isinstance(err, KeyboardInterrupt):
+        reason = "interrupted"
+    elif isinstance(err, SystemExit):
+        reason = f"stopped from outside (exit {err.code})"
+    else:
+        reason = str(err) or repr(err)
     if (run_dir / CHECKPOINT).is_file():
-        write_run_status(run_dir, "failed", error=reason)
-        note = f"the run is marked failed in {run_dir / RUN_STATUS}"
+        status = "stopped" if stopped else "failed"
+        write_run_status(run_dir, status, error=reason)
+        note = f"the run is marked {status} in {run_dir / RUN_STATUS}"
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
         for parent in (run_dir.parent, run_dir.parent.parent):  # group folders left empty

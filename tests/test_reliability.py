@@ -265,6 +265,21 @@ def test_a_failed_run_with_a_checkpoint_is_marked_failed(tmp_path):
     assert run_status(run_dir).startswith("unknown")
 
 
+def test_a_run_stopped_by_a_scheduler_is_marked_stopped(tmp_path):
+    """Ray Tune's ASHA ends a trial by raising SystemExit inside the epoch callback."""
+
+    def stop_after_two(figures):
+        if figures["epoch"] == 2:
+            raise SystemExit(0)
+
+    config = tiny_config(tmp_path, train={"epochs": 4})
+    with pytest.raises(SystemExit):
+        train(config, on_epoch=stop_after_two, test=False)
+    (run_dir,) = {p.parent for p in (tmp_path / "runs").rglob("run.json")}
+    assert run_status(run_dir) == "stopped: stopped from outside (exit 0)"
+    assert not (run_dir / "metrics.json").exists()
+
+
 # --- 4. corrupt files are named ------------------------------------------------------------
 
 
