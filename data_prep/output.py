@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +19,40 @@ from data_prep.options import MODALITY_NAMES, ConversionError
 
 
 def check_out_folder(out: Path, args: argparse.Namespace) -> None:
+    """Refuse, before any work, a converter's output folder whose replacement would destroy
+    what it did not write (see :func:`check_output_folder`; the inputs are every path
+    option of `args`)."""
+    inputs = [
+        given
+        for key, value in vars(args).items()
+        if key != "out"
+        for given in (value if isinstance(value, list) else [value])
+        if isinstance(given, Path)
+    ]
+    check_output_folder(out, inputs, dataset_refusal)
+
+
+def check_output_folder(
+    out: Path, inputs: Iterable[Path], refusal: Callable[[Path], str | None]
+) -> None:
     """Refuse, before any work, an output folder whose replacement would destroy what the
-    converter did not write: an existing folder that is not a corect dataset, the current
-    folder (or one holding it), or one that is or holds an input (any path option)."""
+    command did not write: the current folder (or one holding it), one that is or holds an
+    input, or an existing folder for which ``refusal`` says why it is not ours."""
     where = f"--out {out}"
     if inside(Path.cwd(), out):
         raise ConversionError(
             f"{where}: is the current folder or holds it; give a new folder, e.g. runs/data/NAME"
         )
-    for key, value in vars(args).items():
-        for given in value if isinstance(value, list) else [value]:
-            if key != "out" and isinstance(given, Path) and inside(given, out):
-                raise ConversionError(
-                    f"{where}: is or holds the input {given}; give another output folder"
-                )
+    for given in inputs:
+        if inside(given, out):
+            raise ConversionError(
+                f"{where}: is or holds the input {given}; give another output folder"
+            )
     reason = None
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         reason = "is not a folder"
     elif out.is_dir():
-        reason = dataset_refusal(out)
+        reason = refusal(out)
     if reason:
         raise ConversionError(
             f"{where} exists and {reason}; nothing was written. Give a new folder, or move "

@@ -41,9 +41,10 @@ from corect.data.text_encoder import (
     embed_batch,
     model_identity,
 )
-from corect.io import atomic_directory, inside
+from corect.io import atomic_directory
 from corect.metrics import classification_metrics
 from data_prep.options import ConversionError
+from data_prep.output import check_output_folder
 
 MODES = ("full", "lora", "frozen")
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")
@@ -417,7 +418,7 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
 
     dataset = load_dataset(config.data, splits=(FIT_SPLIT, SELECT_SPLIT))
     out = config.out or default_out(dataset, config)
-    check_model_out(out, (config.data, base_dir))
+    check_output_folder(out, (config.data, base_dir), model_dir_refusal)
     tokenizer, encoder = load_base(base_dir, config.progress)
     separator = ""
     if config.context:
@@ -541,19 +542,6 @@ def model_dir_refusal(path: Path) -> str | None:
     if any(path.iterdir()) and not (path / RECORD_FILE).is_file():
         return f"is not a model directory written by this command (no {RECORD_FILE})"
     return None
-
-
-def check_model_out(out: Path, inputs: Sequence[Path]) -> None:
-    """Refuse, before training, an --out that is or holds an input or that is a folder
-    we did not write."""
-    for given in inputs:
-        if inside(given, out):
-            raise FinetuneError(f"--out {out}: is or holds the input {given}; give another")
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise FinetuneError(f"--out {out} exists and is not a folder; give another")
-    reason = model_dir_refusal(out) if out.is_dir() else None
-    if reason:
-        raise FinetuneError(f"--out {out} exists and {reason}; give another, or move it away")
 
 
 def save_model(

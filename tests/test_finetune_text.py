@@ -22,6 +22,7 @@ from corect.errors import InputError
 from corect.metrics import classification_metrics
 from data_prep import finetune_text as ft
 from data_prep import text_finetuning as tf
+from data_prep.options import ConversionError
 
 LABELS = ["joy", "sadness", "neutral"]
 WORDS = {0: "great happy fun yes", 1: "bad sad awful no", 2: "okay fine the a"}
@@ -336,3 +337,15 @@ def test_stream_builds_the_same_context_inputs(context_model):
         x = rec.inputs(None, text, speaker)["t"].numpy()
         np.testing.assert_allclose(x, expected[k], atol=1e-6)
         rec.push(speaker, text=text)
+
+
+def test_out_that_is_a_foreign_folder_or_an_input_is_refused_and_kept(data, base, tmp_path):
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "a.txt").write_text("precious")
+    with pytest.raises(ConversionError, match="is not a model directory"):
+        run(data, base, foreign, epochs=1, max_steps=1)
+    assert (foreign / "a.txt").read_text() == "precious"
+    with pytest.raises(ConversionError, match="is or holds the input"):
+        run(data, base, data, epochs=1, max_steps=1)
+    assert (data / "manifest.json").is_file()
