@@ -107,32 +107,20 @@ class FinetuneResult:
 
 def read_utterances(dataset: Dataset, split: str, context: int, separator: str) -> Utterances:
     """The labelled utterances of `split` as model inputs (unlabelled ones still serve as
-    past context). Fails naming the file and field when texts are missing or misaligned."""
+    past context). The loader has checked the texts file against the split (one list of
+    strings per dialogue, of the right length); here it must exist."""
     data = dataset.splits[split]
-    text_file = Path(dataset.path or ".") / f"{split}.texts.json"
     if data.texts is None:
+        text_file = Path(dataset.path or ".") / f"{split}.texts.json"
         raise FinetuneError(
             f"{text_file}: missing; fine-tuning needs the utterance texts (convert the "
             "dataset with data_prep.meld or data_prep.jsonl, which store them)"
         )
-    if len(data.texts) != data.num_dialogues:
-        raise FinetuneError(
-            f"{text_file}: {len(data.texts)} dialogues, the manifest's field 'splits.{split}' "
-            f"lists {data.num_dialogues}"
-        )
     inputs: list[str] = []
     labels: list[int] = []
     offsets = data.offsets.tolist()
-    for d, (dialogue_id, texts) in enumerate(zip(data.dialogue_ids, data.texts, strict=True)):
+    for d, texts in enumerate(data.texts):
         start, end = offsets[d], offsets[d + 1]
-        if not isinstance(texts, list) or len(texts) != end - start:
-            size = len(texts) if isinstance(texts, list) else type(texts).__name__
-            raise FinetuneError(
-                f"{text_file}: dialogue {dialogue_id!r} has {size} texts, expected "
-                f"{end - start} (field 'offsets' of {split}.safetensors)"
-            )
-        if not all(isinstance(t, str) for t in texts):
-            raise FinetuneError(f"{text_file}: dialogue {dialogue_id!r}: a text is not a string")
         speakers = [dataset.speaker_names[int(s)] for s in data.speakers[start:end]]
         for text, label in zip(
             context_inputs(texts, speakers, context, separator),
