@@ -64,7 +64,12 @@ def text_encoder_for_run(
     model_dir = text_model or (info or {}).get("model")
     if model_dir is not None and not Path(model_dir).is_dir():
         model_dir = None  # recorded on another machine: fall back to the bundled model
-    encoder = TextEncoder(model_dir, cache_dir=DEFAULT_CACHE_DIR if cache else None, progress=False)
+    encoder = TextEncoder(
+        model_dir,
+        cache_dir=DEFAULT_CACHE_DIR if cache else None,
+        progress=False,
+        layers=(info or {}).get("layers"),
+    )
     if info and info.get("identity") not in (None, encoder.identity):
         raise PredictError(
             f"text model {encoder.model_dir} (identity {encoder.identity}) is not the one the "

