@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from corect.errors import InputError
+from corect.io import read_yaml
 from corect.registry import FUSION_NAMES, MODEL_NAMES
 
 MODALITIES = ("t", "a", "v")
@@ -356,14 +357,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a text file (not UTF-8); give a YAML config") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
+        values = read_yaml(path, ConfigError, "; give a YAML config") or {}
         if not isinstance(values, dict):
             raise ConfigError(
                 f"{path}: expected a mapping of the sections data, model, train (for example "

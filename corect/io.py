@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from corect.errors import InputError
 
 HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
@@ -182,20 +184,38 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
-def read_json(path: str | Path, error: type[InputError] = InputError) -> Any:
-    """The JSON value of a file; a missing, unreadable or invalid file raises `error`
-    naming it."""
+def read_text(path: str | Path, error: type[InputError] = InputError, hint: str = "") -> str:
+    """The UTF-8 text of a file; a missing, unreadable or binary file raises `error`
+    naming it (`hint` is appended to the binary-file message)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"{path}: not found") from None
     except UnicodeDecodeError:
-        raise error(f"{path}: not a text file (not UTF-8)") from None
-    except json.JSONDecodeError as err:
-        raise error(f"{path}: not valid JSON ({err}); is the file truncated?") from None
+        raise error(f"{path}: not a text file (not UTF-8){hint}") from None
     except OSError as err:
         raise error(f"{path}: cannot be read: {err.strerror or err}") from None
+
+
+def read_json(path: str | Path, error: type[InputError] = InputError) -> Any:
+    """The JSON value of a file; a missing, unreadable or invalid file raises `error`
+    naming it."""
+    text = read_text(path, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: not valid JSON ({err}); is the file truncated?") from None
+
+
+def read_yaml(path: str | Path, error: type[InputError] = InputError, hint: str = "") -> Any:
+    """The YAML value of a file (None when empty); a missing, unreadable, binary or
+    invalid file raises `error` naming it."""
+    text = read_text(path, error, hint)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {err}") from err
 
 
 def check_output(output: str | Path | None, *inputs: str | Path) -> None:

@@ -25,9 +25,8 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from corect.config import Config, ConfigError, load_config
+from corect.io import read_yaml
 
 KINDS = {
     "choice": "a list of values",
@@ -113,10 +112,7 @@ def load_space(path: str | Path, config_path: str | None, overrides: Sequence[st
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"space file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    data = read_yaml(path, ConfigError, "; give a YAML space file")
     if not isinstance(data, dict) or not isinstance(data.get("space"), dict) or not data["space"]:
         raise ConfigError(f"{path}: expected a mapping `space:` of config keys to distributions")
     params = [Param.parse(key, spec) for key, spec in data["space"].items()]

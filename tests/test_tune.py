@@ -52,6 +52,14 @@ def test_space_errors_name_the_key(tmp_path: Path) -> None:
             load_space(write_space(tmp_path, space), None, [])
     with pytest.raises(ConfigError, match="expected a mapping `space:`"):
         load_space(write_space(tmp_path, []), None, [])
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00space")
+    with pytest.raises(ConfigError, match=r"binary\.yaml: not a text file \(not UTF-8\)"):
+        load_space(binary, None, [])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("space: [unclosed")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        load_space(broken, None, [])
 
 
 def test_params_and_overrides() -> None:
