@@ -93,7 +93,12 @@ def test_layers_pool_each_hidden_state(tmp_path: Path) -> None:
         third = model(**batch, output_hidden_states=True).hidden_states[3][0].mean(dim=0)
     np.testing.assert_allclose(vectors[0, :384], (third / third.norm()).numpy(), atol=2e-5)
     assert parse_layers(None) == (-1,) and parse_layers([0, 6], num_layers=6) == (0, 6)
-    for bad, message in (("7", "out of range"), ("3,3", "distinct"), ("a", "integers")):
+    for bad, message in (
+        ("7", "out of range"),
+        ("3,3", "distinct"),
+        ("6,-1", "named twice"),
+        ("a", "integers"),
+    ):
         with pytest.raises(TextModelError, match=message):
             parse_layers(bad, num_layers=6)
 

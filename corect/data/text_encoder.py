@@ -200,6 +200,10 @@ def parse_layers(
                 f"text layers {value!r}: the model has hidden states 0..{num_layers} "
                 f"(0 = embeddings, -1 = the last); {bad} is out of range"
             )
+        if len({layer % (num_layers + 1) for layer in layers}) != len(layers):
+            raise TextModelError(
+                f"text layers {value!r}: a layer is named twice (-1 is layer {num_layers})"
+            )
     return layers
 
 
