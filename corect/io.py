@@ -136,8 +136,26 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def _rename_new(tmp: Path, path: Path, keep_existing: bool) -> None:
+    """Move the finished `tmp` to the free name `path`; another process may take the name
+    first (a directory rename never replaces a non-empty one)."""
+    try:
+        tmp.rename(path)
+    except OSError as err:
+        if not os.path.lexists(path):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not keep_existing:
+            raise InputError(
+                f"{path}: another process wrote it while this one was writing ({err.strerror}); "
+                "it was kept and this result dropped. Give each run its own output name"
+            ) from None
+
+
 @contextmanager
-def atomic_directory(path: str | Path, refuse: Callable[[Path], str | None]) -> Iterator[Path]:
+def atomic_directory(
+    path: str | Path, refuse: Callable[[Path], str | None], *, keep_existing: bool = False
+) -> Iterator[Path]:
     """Yield a temporary directory beside `path` to fill; on success it (and what it
     holds) gets the usual modes and replaces `path`, on failure it is removed.
 
@@ -145,11 +163,16 @@ def atomic_directory(path: str | Path, refuse: Callable[[Path], str | None]) -> 
     why the folder is not one we may replace: :class:`InputError`, before anything is
     written). A kill at any moment leaves `path` either the old directory, the new one, or
     missing with the old one beside it, which :func:`recover` (run by the next writer and
-    by readers) puts back."""
+    by readers) puts back.
+
+    ``keep_existing`` is for caches that concurrent processes fill with the same content
+    (trials of a sweep generating the same synthetic set): a `path` that exists when ours
+    is complete (another process finished first) is kept, untouched under its readers,
+    and ours is dropped."""
     path = Path(path)
     _check_parent(path)
     recover(path)
-    if os.path.lexists(path):
+    if os.path.lexists(path) and not keep_existing:
         reason = refuse(path) if path.is_dir() and not path.is_symlink() else "not a folder"
         if reason:
             raise InputError(
@@ -161,13 +184,15 @@ def atomic_directory(path: str | Path, refuse: Callable[[Path], str | None]) -> 
         yield tmp
         for item in (tmp, *tmp.rglob("*")):
             set_default_permissions(item)
-        if os.path.lexists(path):
+        if keep_existing and os.path.lexists(path):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(path):
             old = path.with_name(f"{_prefix(path, 'old')}x")
             path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(path)
+            _rename_new(tmp, path, keep_existing)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

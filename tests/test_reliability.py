@@ -9,6 +9,8 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,11 @@ import pytest
 import torch
 
 from corect import evaluate, predict
-from corect.config import ConfigError, load_config
+from corect.config import ConfigError, SyntheticConfig, load_config
+from corect.data import format as format_module
 from corect.data.format import DatasetError, DialogueRecord, load_dataset, write_dataset
 from corect.data.jsonl import JsonlError
+from corect.data.synthetic import ensure_synthetic_dataset
 from corect.errors import InputError
 from corect.io import HOST, atomic_directory, recover
 from corect.runs import CheckpointError, load_checkpoint, run_status, write_run_status
@@ -470,6 +474,64 @@ def test_a_replacement_refuses_a_foreign_folder_before_writing(tmp_path):
     assert (tmp_path / "x" / "keep").read_text() == "1"
     recover(tmp_path / "x")  # nothing of ours to do
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def _finished_by_another_process(path):
+    """What a concurrent writer does while ours is still filling its temporary folder."""
+    path.mkdir()
+    (path / "theirs").write_text("1")
+
+
+def test_a_cache_written_meanwhile_by_another_process_is_kept(tmp_path):
+    with atomic_directory(tmp_path / "c", lambda path: None, keep_existing=True) as tmp:
+        (tmp / "ours").write_text("2")
+        _finished_by_another_process(tmp_path / "c")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["theirs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # ours is gone, no leftovers
+
+
+def test_an_output_written_meanwhile_by_another_process_is_replaced(tmp_path):
+    with atomic_directory(tmp_path / "c", lambda path: None) as tmp:
+        (tmp / "ours").write_text("2")
+        _finished_by_another_process(tmp_path / "c")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["ours"]  # last one wins
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_an_output_taken_at_the_final_rename_is_a_clear_error(tmp_path, monkeypatch):
+    original = Path.rename
+
+    def rename_after_another_process(self, target):
+        _finished_by_another_process(Path(target))  # in the last instant before ours
+        return original(self, target)
+
+    with pytest.raises(InputError, match="another process wrote it"):
+        with atomic_directory(tmp_path / "c", lambda path: None) as tmp:
+            (tmp / "ours").write_text("2")
+            monkeypatch.setattr(Path, "rename", rename_after_another_process)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["theirs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_concurrent_first_uses_of_the_synthetic_cache_all_succeed(tmp_path, monkeypatch):
+    """Trials of a sweep start together and each find the cache empty (CI once failed
+    with 'Directory not empty' when the second one renamed its copy into place). Here
+    four writers are held until all have written their copy, then commit together."""
+    config = SyntheticConfig(train_dialogues=20, dev_dialogues=2, test_dialogues=2)
+    all_written = threading.Barrier(4, timeout=60)
+    validate = format_module.load_dataset
+
+    def validate_then_wait(path):  # write_dataset validates its copy just before commit
+        dataset = validate(path)
+        all_written.wait()
+        return dataset
+
+    monkeypatch.setattr(format_module, "load_dataset", validate_then_wait)
+    with ThreadPoolExecutor(4) as pool:
+        paths = set(pool.map(lambda _: ensure_synthetic_dataset(config, tmp_path), range(4)))
+    assert len(paths) == 1
+    assert validate(paths.pop()).splits["train"].num_dialogues == 20
+    assert len(list(tmp_path.iterdir())) == 1  # no temporary copies left
 
 
 def test_an_interrupted_run_is_scored_with_a_warning(run, tmp_path, caplog):

@@ -206,10 +206,13 @@ def write_dataset(
     dims: Mapping[str, int],
     splits: Mapping[str, Sequence[DialogueRecord]],
     extra: Mapping[str, object] | None = None,
+    keep_existing: bool = False,
 ) -> Path:
     """Write a dataset atomically: into a temporary sibling directory, then renamed.
 
     Raises :class:`DatasetError` (naming the dialogue and field) on inconsistent records.
+    ``keep_existing``: a cache's write, where a dataset another process finished at the
+    same path first is kept (see :func:`corect.io.atomic_directory`).
     """
     directory = Path(directory)
     check_unique_dialogues(
@@ -281,7 +284,7 @@ def write_dataset(
         "splits": manifest_splits,
         **(dict(extra) if extra else {}),
     }
-    with atomic_directory(directory, dataset_refusal) as tmp:
+    with atomic_directory(directory, dataset_refusal, keep_existing=keep_existing) as tmp:
         for split, tensors in tensors_by_split.items():
             save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / f"{split}.safetensors")
         for split, texts in texts_by_split.items():

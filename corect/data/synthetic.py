@@ -235,7 +235,9 @@ def synthetic_key(config: SyntheticConfig) -> str:
     return hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def write_synthetic_dataset(config: SyntheticConfig, path: str | Path) -> Path:
+def write_synthetic_dataset(
+    config: SyntheticConfig, path: str | Path, *, keep_existing: bool = False
+) -> Path:
     """Generate and write the dataset (corect format) to `path`."""
     return write_dataset(
         path,
@@ -245,14 +247,16 @@ def write_synthetic_dataset(config: SyntheticConfig, path: str | Path) -> Path:
         dims=config.dims,
         splits=generate(config),
         extra={"synthetic": asdict(config)},
+        keep_existing=keep_existing,
     )
 
 
 def ensure_synthetic_dataset(config: SyntheticConfig, cache_dir: str | Path) -> Path:
-    """Path of the synthetic dataset for `config`, generated on first use."""
+    """Path of the synthetic dataset for `config`, generated on first use (concurrent
+    first uses, such as the trials of a sweep, each generate it and the first one kept)."""
     path = Path(cache_dir) / f"synthetic-{synthetic_key(config)}"
     if not (path / "manifest.json").is_file():
-        write_synthetic_dataset(config, path)
+        write_synthetic_dataset(config, path, keep_existing=True)
     return path
 
 
