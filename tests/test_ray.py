@@ -81,6 +81,8 @@ def test_tune_end_to_end(tmp_path: Path, backend: RayBackend) -> None:
     out = tmp_path / "t"
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert len(trials) == 3 and (out / "trials.csv").is_file() and (out / "trials.md").is_file()
+    failed = [(t["trial"], t["ended"]) for t in trials if t["best_dev_weighted_f1"] is None]
+    assert not failed, f"trials that failed (their errors are in the log above): {failed}"
     scores = [t["best_dev_weighted_f1"] for t in trials]
     assert scores == sorted(scores, reverse=True)
     # The config's own values (the defaults' lr 2.5e-4 and wp 11) were the first trial.
