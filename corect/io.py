@@ -137,19 +137,20 @@ def atomic_target(path: str | Path) -> Iterator[Path]:
 
 
 def _rename_new(tmp: Path, path: Path, keep_existing: bool) -> None:
-    """Move the finished `tmp` to the free name `path`; another process may take the name
-    first (a directory rename never replaces a non-empty one)."""
+    """Move the finished `tmp` to the name `path`, unless another process has taken it (a
+    directory rename never replaces a non-empty folder or a file): then keep theirs and drop
+    `tmp` when `keep_existing`, else raise :class:`InputError`."""
     try:
         tmp.rename(path)
     except OSError as err:
         if not os.path.lexists(path):
             raise
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not keep_existing:
+        if not keep_existing:  # the caller's cleanup removes `tmp`
             raise InputError(
                 f"{path}: another process wrote it while this one was writing ({err.strerror}); "
                 "it was kept and this result dropped. Give each run its own output name"
             ) from None
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -168,7 +169,7 @@ def atomic_directory(
     ``keep_existing`` is for caches that concurrent processes fill with the same content
     (trials of a sweep generating the same synthetic set): a `path` that exists when ours
     is complete (another process finished first) is kept, untouched under its readers,
-    and ours is dropped."""
+    and ours is dropped (only an empty folder there is replaced)."""
     path = Path(path)
     _check_parent(path)
     recover(path)
@@ -184,9 +185,7 @@ def atomic_directory(
         yield tmp
         for item in (tmp, *tmp.rglob("*")):
             set_default_permissions(item)
-        if keep_existing and os.path.lexists(path):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.lexists(path):
+        if os.path.lexists(path) and not keep_existing:
             old = path.with_name(f"{_prefix(path, 'old')}x")
             path.rename(old)
             tmp.rename(path)
