@@ -83,6 +83,11 @@ class ModelConfig:
     use_rtgcn: bool = True
     use_pcm: bool = True
     edge_types: str = "temp_multi"
+    # Small-data switches (docs/parts.md): off in the published model.
+    # The head also sees the encoder outputs, so RT-GCN and P-CM can only add to them.
+    encoder_skip: bool = False
+    gnn_dropout: float = 0.0  # on RT-GCN's attention coefficients and its output
+    input_noise: float = 0.0  # std of Gaussian noise on standardised inputs (training)
     wp: int = 11  # past window (-1 = unbounded)
     wf: int = 5  # future window (-1 = unbounded); forced to 0 in causal mode
     gnn_heads: int = 7
@@ -115,6 +120,9 @@ class TrainConfig:
     early_stopping: int = 15  # epochs without dev weighted-F1 gain; 0 = off
     bucket_by_length: bool = True  # batch dialogues of similar length (less padding)
     modality_dropout: float = 0.0  # probability to blank one modality of a dialogue in training
+    # Probability to blank every modality of an utterance in training (its label is kept,
+    # so it must be told from the context: docs/parts.md).
+    utterance_dropout: float = 0.0
     seed: int = 24
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision on CUDA
@@ -230,9 +238,15 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
     v = dict(_flat_values(config))
     checks = [(key, v[key] >= 1, "must be at least 1") for key in POSITIVE_INTS]
     checks += [(k, v[k] >= -1, "use -1 (unbounded) or >= 0") for k in ("model.wp", "model.wf")]
-    for key in ("model.dropout", "model.attention_dropout", "train.modality_dropout"):
+    for key in (
+        "model.dropout",
+        "model.attention_dropout",
+        "model.gnn_dropout",
+        "train.modality_dropout",
+        "train.utterance_dropout",
+    ):
         checks.append((key, 0 <= v[key] < 1, "must be in [0, 1)"))
-    for key in ("train.weight_decay", "train.grad_clip"):
+    for key in ("train.weight_decay", "train.grad_clip", "model.input_noise"):
         checks.append((key, v[key] >= 0, "must be >= 0 (0 = off)"))
     checks.append(("model.num_speakers", v["model.num_speakers"] >= 0, "0 (from the data) or more"))
     for key in ("train.seed", "data.synthetic.seed"):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from corect.config import Config, ConfigError, config_from_dict
-from corect.data.batching import Batch, drop_modalities, iterate_batches
+from corect.data.batching import Batch, drop_modalities, drop_utterances, iterate_batches
 from corect.data.format import Dataset, DatasetError, SplitData, load_dataset
 from corect.data.synthetic import ensure_synthetic_dataset
 from corect.errors import InputError
@@ -106,11 +106,12 @@ def train_step(
     generator: torch.Generator,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimisation step on `batch`: modality dropout, forward under autocast, loss,
+    """One optimisation step on `batch`: modality and utterance dropout, forward under autocast, loss,
     backward (scaled), gradient clipping, optimizer step. Returns (loss, logits, labels)
     of the batch as it was fed (on `device`)."""
     cfg = config.train
-    batch = drop_modalities(batch, cfg.modality_dropout, generator).to(device)
+    batch = drop_modalities(batch, cfg.modality_dropout, generator)
+    batch = drop_utterances(batch, cfg.utterance_dropout, generator).to(device)
     with autocast(device, cfg.amp):
         logits = model(batch)
         loss = loss_fn(logits.float(), batch.labels)

@@ -10,7 +10,8 @@ Each line::
 
 ``features`` is optional, keyed by modality name ("text", "audio", "visual"; the letters
 "t", "a", "v" are accepted too). Text features are computed from ``text`` with our text
-encoder, unless the input gives ``features.text`` (then for every utterance). The reader
+encoder, unless the input gives ``features.text`` (then for every utterance; with
+``--encode-text`` they are ignored and computed all the same). The reader
 (:func:`~corect.data.jsonl.read_jsonl`, :func:`~corect.data.jsonl.dialogue_records`) lives
 in :mod:`corect.data.jsonl`, shared with ``corect.predict`` and ``corect.stream``.
 """
@@ -82,6 +83,13 @@ def build_parser():
     parser.add_argument("--name", default=None, help="dataset name (default: first file's stem)")
     parser.add_argument("--task", default="emotion", help="task name recorded in the manifest")
     add_output_argument(parser, "runs/data/<name>")
+    parser.add_argument(
+        "--encode-text",
+        action="store_true",
+        help="compute text features from 'text' with the text encoder even where the input "
+        "gives features.text (those are ignored): e.g. CMU-MOSI, whose released text "
+        "features were fitted on its training videos",
+    )
     add_text_model_arguments(parser)
     add_quiet_argument(parser)
     return parser
@@ -107,11 +115,13 @@ def convert(argv: Sequence[str] | None = None) -> Path:
     labels = args.labels or collect_label_names(dialogues)
     if not labels:
         raise JsonlError(f"{args.inputs[0]}: no labels found; give --labels a,b,c")
-    needs_encoder = "t" in args.modalities and not any(
-        "t" in f for d in dialogues for f in d.features
+    needs_encoder = "t" in args.modalities and (
+        args.encode_text or not any("t" in f for d in dialogues for f in d.features)
     )
     encoder = text_encoder_from_args(args) if needs_encoder else None
-    records = dialogue_records(dialogues, labels, args.modalities, encoder)
+    records = dialogue_records(
+        dialogues, labels, args.modalities, encoder, encode_text=args.encode_text
+    )
     splits: dict[str, list[DialogueRecord]] = {split: [] for split in SPLITS}
     for dialogue, record in zip(dialogues, records, strict=True):
         splits[dialogue.split].append(record)

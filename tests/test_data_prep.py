@@ -585,6 +585,35 @@ def test_jsonl_unlabeled_for_prediction(tmp_path: Path) -> None:
     np.testing.assert_allclose(record.features["t"], [[0.1, 0.2, 0.3], [1, 2, 3]], rtol=1e-6)
 
 
+def test_jsonl_encode_text_ignores_given_text_features(
+    tmp_path: Path, text_cache: Path, encoder: TextEncoder
+) -> None:
+    lines = [
+        {
+            **line,
+            "utterances": [
+                {**u, "features": {**u["features"], "text": [1.0, 2.0, 3.0]}}
+                for u in line["utterances"]
+            ],
+        }
+        for line in JSONL_LINES
+    ]
+    path = write_jsonl(tmp_path / "given.jsonl", lines)
+    given = load_dataset(
+        jsonl.convert([str(path), "--modalities", "t,a", "--out", str(tmp_path / "g")])
+    )
+    assert given.dims == {"t": 3, "a": 2}
+    out = jsonl.convert(
+        [str(path), "--modalities", "t,a", "--encode-text"]
+        + text_args(text_cache)
+        + ["--out", str(tmp_path / "o")]
+    )
+    dataset = load_dataset(out)
+    assert dataset.dims == {"t": 384, "a": 2}
+    got = dialogue(dataset, "train", "a")
+    np.testing.assert_allclose(got["features"]["t"], encoder.encode(got["texts"]), atol=1e-6)
+
+
 GOOD_UTTERANCE = {"speaker": "A", "text": "hi", "label": "joy", "features": {"audio": [1.0, 2.0]}}
 
 

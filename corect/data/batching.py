@@ -121,3 +121,15 @@ def drop_modalities(batch: Batch, probability: float, generator: torch.Generator
         for k, (m, x) in enumerate(batch.features.items())
     }
     return Batch(**{**batch.__dict__, "features": features})
+
+
+def drop_utterances(batch: Batch, probability: float, generator: torch.Generator) -> Batch:
+    """Utterance dropout for training: blank every modality of each real utterance with
+    the given probability. Labels stay, so a blanked utterance must be told from its
+    dialogue context (zero means "no input" to every model, see InputNormalizer)."""
+    if probability <= 0:
+        return batch
+    drop = torch.rand(batch.mask.shape, generator=generator) < probability
+    keep = (~drop).unsqueeze(-1)
+    features = {m: x * keep.to(x.device, x.dtype) for m, x in batch.features.items()}
+    return Batch(**{**batch.__dict__, "features": features})

@@ -219,10 +219,13 @@ def dialogue_records(
     label_names: Sequence[str],
     modalities: str,
     text_encoder: TextEncoder | None = None,
+    *,
+    encode_text: bool = False,
 ) -> list[DialogueRecord]:
     """DialogueRecords with features for `modalities` (letters), labels as indices (-1 =
     unlabeled). Text features: the given ``features.text`` when the input has any (then
-    every utterance must), else `text_encoder` on the texts."""
+    every utterance must), else `text_encoder` on the texts; with `encode_text`, always
+    `text_encoder` on the texts (given ``features.text`` are ignored)."""
     index = label_index(label_names)
     records = []
     for d in dialogues:
@@ -240,7 +243,9 @@ def dialogue_records(
             records[-1].texts = [t or "" for t in d.texts]
 
     # Text features: all given in the input, or none given and computed from 'text'.
-    encode_text = "t" in modalities and not any("t" in f for d in dialogues for f in d.features)
+    encode_text = "t" in modalities and (
+        encode_text or not any("t" in f for d in dialogues for f in d.features)
+    )
     for m in modalities:
         if m == "t" and encode_text:
             continue

@@ -33,6 +33,8 @@ class CORECT(nn.Module):
 
     Ablations: ``use_rtgcn=False`` drops g, ``use_pcm=False`` drops p (P-CM is off by
     itself with a single modality); with both off the head sees :math:`\Vert_m h_{i,m}`.
+    With ``encoder_skip`` the head sees :math:`[\Vert_m h_{i,m} \Vert g_i \Vert p_i]`:
+    the parts can only add to what the encoders give (docs/parts.md).
     In causal mode the graph keeps only past and self edges (wf = 0) and every attention
     is masked to the past window, and :meth:`step` streams: one utterance in, its logits
     out, from a cache of the past window (:meth:`init_cache`).
@@ -47,11 +49,12 @@ class CORECT(nn.Module):
         self.wp = config.wp
         self.wf = 0 if config.causal else config.wf
         self.edge_types = config.edge_types
+        self.encoder_skip = config.encoder_skip
         num_mod = len(self.modalities)
         hidden = config.hidden_size
         self.encoder = UtteranceEncoder(config, dims, num_speakers)
         self.rtgcn = (
-            RTGCN(hidden, num_relations(num_mod), config.gnn_heads, config.dropout)
+            RTGCN(hidden, num_relations(num_mod), config.gnn_heads, config.gnn_dropout)
             if config.use_rtgcn
             else None
         )
@@ -74,15 +77,15 @@ class CORECT(nn.Module):
             features += num_mod * self.rtgcn.out_dim
         if self.pcm is not None:
             features += self.pcm.out_dim
-        if features == 0:
-            features = num_mod * hidden
+        if features == 0 or self.encoder_skip:
+            features += num_mod * hidden
         self.head = ClassifierHead(features, hidden, num_classes, config.dropout)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [N, classes] for the N real utterances, dialogue after dialogue."""
         hidden = self.encoder(batch)
         per_utterance = [hidden[m][batch.mask] for m in self.modalities]  # M x [N, H]
-        parts = []
+        parts = list(per_utterance) if self.encoder_skip else []
         if self.rtgcn is not None:
             edge_index, edge_type = build_graph(
                 batch.lengths_cpu, len(self.modalities), self.wp, self.wf, self.edge_types
@@ -126,7 +129,7 @@ class CORECT(nn.Module):
         """Logits ``[classes]`` of the next utterance of a dialogue (modality -> ``[D]``,
         its speaker's party index, its position), equal to its row of :meth:`forward`."""
         hidden = self.encoder.step(features, party, position, cache["encoder"])
-        parts = []
+        parts = [hidden[m] for m in self.modalities] if self.encoder_skip else []
         if self.rtgcn is not None:
             nodes = torch.stack([hidden[m] for m in self.modalities])  # [M, H]
             parts.append(self.rtgcn.step(nodes, cache["rtgcn"], self.window_graph).flatten())

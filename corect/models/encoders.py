@@ -221,6 +221,7 @@ class UtteranceEncoder(nn.Module):
         self.encoders = nn.ModuleDict(
             {m: build_encoder(config.encoders[m], d, config) for m, d in dims.items()}
         )
+        self.input_noise = config.input_noise
         self.speaker_embedding = None
         if config.use_speaker:
             self.speaker_embedding = nn.Embedding(num_speakers, config.hidden_size)
@@ -238,7 +239,7 @@ class UtteranceEncoder(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Returns modality -> ``[B, T, H]`` (padding rows are arbitrary, use batch.mask)."""
         hidden = {
-            m: enc(self.normalizers[m](batch.features[m]), batch)
+            m: enc(self.noisy(self.normalizers[m](batch.features[m])), batch)
             for m, enc in self.encoders.items()
         }
         if self.speaker_embedding is not None:
@@ -250,6 +251,14 @@ class UtteranceEncoder(nn.Module):
             speaker = self.speaker_embedding(batch.speakers)
             hidden = {m: h + speaker for m, h in hidden.items()}
         return hidden
+
+    def noisy(self, x: torch.Tensor) -> torch.Tensor:
+        """In training, standardised inputs plus Gaussian noise of std ``input_noise``
+        (blank rows stay blank); the identity in evaluation."""
+        if not self.training or self.input_noise <= 0:
+            return x
+        present = (x != 0).any(dim=-1, keepdim=True)
+        return x + self.input_noise * torch.randn_like(x) * present
 
     def init_cache(self) -> dict[str, Any]:
         """An empty streaming cache: one per modality's encoder."""

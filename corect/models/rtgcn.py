@@ -26,7 +26,8 @@ class RTGCN(nn.Module):
               [W^k_s h_i + \sum_{j \in \mathcal{N}(i)} \alpha^k_{ij} W^k_v h_j]\big)\Big)
 
     with :math:`\alpha^k_{ij} = \mathrm{softmax}_j((W^k_q h_i)^\top W^k_k h_j / \sqrt{d})`
-    over the incoming edges of i, and K heads concatenated. Messages flow from
+    over the incoming edges of i, and K heads concatenated (in training, `dropout` drops
+    attention coefficients :math:`\alpha` and output features). Messages flow from
     ``edge_index[0]`` (source) to ``edge_index[1]`` (target), as built by
     :func:`corect.graph.build_graph`.
     """
@@ -34,9 +35,12 @@ class RTGCN(nn.Module):
     def __init__(self, hidden: int, num_relations: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.relational = RGCNConv(hidden, hidden, num_relations)
-        self.transformer = TransformerConv(hidden, hidden, heads=heads, concat=True)
+        self.transformer = TransformerConv(
+            hidden, hidden, heads=heads, concat=True, dropout=dropout
+        )
         self.norm = nn.BatchNorm1d(hidden * heads)
         self.activation = nn.LeakyReLU()
+        self.dropout = nn.Dropout(dropout)
         self.out_dim = hidden * heads
 
     def reset_parameters(self) -> None:
@@ -53,7 +57,7 @@ class RTGCN(nn.Module):
         the per-edge softmax are not safe in half precision."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             h = self.relational(x.float(), edge_index, edge_type)
-            return self.activation(self.norm(self.transformer(h, edge_index)))
+            return self.dropout(self.activation(self.norm(self.transformer(h, edge_index))))
 
     def init_cache(self, size: int | None) -> dict[str, Any]:
         """An empty streaming cache for a past window of `size` utterances: the layer
