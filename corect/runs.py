@@ -106,9 +106,9 @@ def train_step(
     generator: torch.Generator,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimisation step on `batch`: modality and utterance dropout, forward under autocast, loss,
-    backward (scaled), gradient clipping, optimizer step. Returns (loss, logits, labels)
-    of the batch as it was fed (on `device`)."""
+    """One optimisation step on `batch`: modality and utterance dropout, forward under
+    autocast, loss, backward (scaled), gradient clipping, optimizer step. Returns (loss,
+    logits, labels) of the batch as it was fed (on `device`)."""
     cfg = config.train
     batch = drop_modalities(batch, cfg.modality_dropout, generator)
     batch = drop_utterances(batch, cfg.utterance_dropout, generator).to(device)
