@@ -87,6 +87,9 @@ class ModelConfig:
     # The head also sees the encoder outputs, so RT-GCN and P-CM can only add to them.
     encoder_skip: bool = False
     gnn_dropout: float = 0.0  # on RT-GCN's attention coefficients and its output
+    # Training: drop RT-GCN's or P-CM's whole output of an utterance with this probability
+    # (kept ones scaled by 1/(1-p)), so the head learns to use each part alone and both.
+    part_dropout: float = 0.0
     input_noise: float = 0.0  # std of Gaussian noise on standardised inputs (training)
     wp: int = 11  # past window (-1 = unbounded)
     wf: int = 5  # future window (-1 = unbounded); forced to 0 in causal mode
@@ -242,6 +245,7 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
         "model.dropout",
         "model.attention_dropout",
         "model.gnn_dropout",
+        "model.part_dropout",
         "train.modality_dropout",
         "train.utterance_dropout",
     ):

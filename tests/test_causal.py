@@ -139,7 +139,7 @@ def test_corect_causal(modalities: str, kind: str, wp: int, trained: bool) -> No
         {"use_speaker": False},
         {"wp": 0},
         {"wf": -1},  # ignored in causal mode
-        {"encoder_skip": True, "gnn_dropout": 0.3, "input_noise": 0.5},
+        {"encoder_skip": True, "gnn_dropout": 0.3, "input_noise": 0.5, "part_dropout": 0.3},
     ],
 )
 def test_corect_causal_variants(switches: dict) -> None:

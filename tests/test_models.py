@@ -55,7 +55,7 @@ def test_batched_equals_alone(modalities, causal):
         {"encoders": {"t": "lstm", "a": "transformer", "v": "lstm"}},
         {"wp": -1, "wf": -1},
         {"wp": 0, "wf": 0},
-        {"encoder_skip": True, "gnn_dropout": 0.3, "input_noise": 0.5},
+        {"encoder_skip": True, "gnn_dropout": 0.3, "input_noise": 0.5, "part_dropout": 0.3},
     ],
 )
 def test_ablations_train(switches):

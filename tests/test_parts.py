@@ -71,6 +71,28 @@ def test_graph_dropout_changes_training_outputs_only():
     torch.testing.assert_close(model(batch), model(batch))
 
 
+def test_part_dropout_drops_whole_part_outputs_in_training_only():
+    model = corect(part_dropout=0.5, encoder_skip=True, dropout=0.0, attention_dropout=0.0)
+    batch = collate(make_split([8, 6]), [0, 1])
+    inputs = []
+    model.head.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+    model.eval()
+    model(batch)
+    model.train()
+    torch.manual_seed(0)
+    model(batch)
+    clean, dropped = inputs
+    assert (clean != 0).any(1).all()
+    for name, start, end in head_blocks(model):
+        zero = (dropped[:, start:end] == 0).all(1)
+        if name == "encoders":
+            assert not zero.any()  # the encoder skip is never dropped
+        else:
+            assert 0 < int(zero.sum()) < len(zero), name  # whole rows dropped, not all
+    model.eval()
+    torch.testing.assert_close(model(batch), model(batch))
+
+
 def test_diagnose_measures_every_part():
     model, initial = corect(encoder_skip=True), corect(encoder_skip=True)
     split = make_split([6, 5, 4])

@@ -21,6 +21,12 @@ from corect.models.pcm import PairwiseCrossModal
 from corect.models.rtgcn import RTGCN
 
 
+def drop_rows(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Zero each row of `x` ``[N, D]`` with probability p, scale the others by 1/(1-p)."""
+    keep = torch.rand(x.shape[0], 1, device=x.device) >= p
+    return x * keep.to(x.dtype) / (1 - p)
+
+
 class CORECT(nn.Module):
     r"""The CORECT model.
 
@@ -34,7 +40,9 @@ class CORECT(nn.Module):
     Ablations: ``use_rtgcn=False`` drops g, ``use_pcm=False`` drops p (P-CM is off by
     itself with a single modality); with both off the head sees :math:`\Vert_m h_{i,m}`.
     With ``encoder_skip`` the head sees :math:`[\Vert_m h_{i,m} \Vert g_i \Vert p_i]`:
-    the parts can only add to what the encoders give (docs/parts.md).
+    the parts can only add to what the encoders give; ``part_dropout`` drops g or p of an
+    utterance in training, so the head learns to use each alone as well as both
+    (docs/parts.md).
     In causal mode the graph keeps only past and self edges (wf = 0) and every attention
     is masked to the past window, and :meth:`step` streams: one utterance in, its logits
     out, from a cache of the past window (:meth:`init_cache`).
@@ -50,6 +58,7 @@ class CORECT(nn.Module):
         self.wf = 0 if config.causal else config.wf
         self.edge_types = config.edge_types
         self.encoder_skip = config.encoder_skip
+        self.part_dropout = config.part_dropout
         num_mod = len(self.modalities)
         hidden = config.hidden_size
         self.encoder = UtteranceEncoder(config, dims, num_speakers)
@@ -100,6 +109,9 @@ class CORECT(nn.Module):
             parts.append(self.pcm(hidden, batch.mask, batch.positions)[batch.mask])
         if not parts:
             parts = per_utterance
+        if self.training and self.part_dropout > 0:
+            first = len(self.modalities) if self.encoder_skip else 0  # skip blocks stay
+            parts[first:] = [drop_rows(part, self.part_dropout) for part in parts[first:]]
         return self.head(torch.cat(parts, dim=-1))
 
     def init_cache(self) -> dict[str, Any]:
