@@ -14,7 +14,7 @@ from corect.models.rtgcn import RTGCN
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"train", "evaluate", "predict", "stream", "speed", "benchmark", "compare_modes"}
-COMMANDS |= {"tune"}
+COMMANDS |= {"tune", "diagnose"}
 
 
 def imported_modules(path: Path) -> set[str]:
