@@ -279,7 +279,7 @@ def run_benchmark(
     the config's mode); write and return the results.
 
     Every run's config is built and validated before the first run starts, so a typo in a
-    model name or an override fails at once. `train_fn` defaults to corect.train.train;
+    model name or an override fails at once. `train_fn` defaults to corect.training.train;
     `backend` (default: this process, one run after another) says where runs train.
     """
     if not models:

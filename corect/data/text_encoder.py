@@ -10,7 +10,7 @@ sentence-transformers does for all-MiniLM-L6-v2 (the default, shipped by the
 transformer layers, -1 = the last) is mean-pooled and L2-normalised the same way, and the
 vectors are concatenated (``layers=(3, 6)`` gives 768-d features for MiniLM-L6). Middle
 layers keep more of the wording that carries emotion than the last one, which
-sentence-transformers trained for topic similarity (see docs/real-data.md).
+sentence-transformers trained for topic similarity (see docs/data.md, "Text features").
 
 Embeddings are cached per model in ``<cache_dir>/<model key>.safetensors``, one row per
 distinct text, keyed by the sha256 of the text. The model key is a hash of the model's
