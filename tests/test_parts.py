@@ -93,6 +93,18 @@ def test_part_dropout_drops_whole_part_outputs_in_training_only():
     torch.testing.assert_close(model(batch), model(batch))
 
 
+def test_part_dropout_never_drops_the_encoders():
+    """Without RT-GCN and P-CM the head reads the encoders only: nothing is dropped."""
+    model = corect(
+        part_dropout=0.9, use_rtgcn=False, use_pcm=False, dropout=0.0, attention_dropout=0.0
+    )
+    batch = collate(make_split([8, 6]), [0, 1])
+    model.eval()
+    expected = model(batch)
+    model.train()
+    torch.testing.assert_close(model(batch), expected)
+
+
 def test_diagnose_measures_every_part():
     model, initial = corect(encoder_skip=True), corect(encoder_skip=True)
     split = make_split([6, 5, 4])

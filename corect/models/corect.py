@@ -109,9 +109,9 @@ class CORECT(nn.Module):
             parts.append(self.pcm(hidden, batch.mask, batch.positions)[batch.mask])
         if not parts:
             parts = per_utterance
-        if self.training and self.part_dropout > 0:
-            first = len(self.modalities) if self.encoder_skip else 0  # skip blocks stay
-            parts[first:] = [drop_rows(part, self.part_dropout) for part in parts[first:]]
+        num_parts = (self.rtgcn is not None) + (self.pcm is not None)  # the last blocks
+        if self.training and self.part_dropout > 0 and num_parts:
+            parts[-num_parts:] = [drop_rows(p, self.part_dropout) for p in parts[-num_parts:]]
         return self.head(torch.cat(parts, dim=-1))
 
     def init_cache(self) -> dict[str, Any]:
