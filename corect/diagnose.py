@@ -15,8 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from corect.diagnostics import diagnose
 from corect.errors import INPUT_ERRORS, report
 from corect.io import write_json_atomic
@@ -38,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def diagnose_run(run_dir: str | Path, split: str = "dev") -> dict:
     """The measurements of :func:`corect.diagnostics.diagnose` for a run, on CPU."""
-    torch.set_grad_enabled(True)
     config, model, checkpoint = load_run(run_dir, "cpu")
     dataset = load_data(config)
     check_run_data(run_dir, checkpoint, dataset)
