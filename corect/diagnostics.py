@@ -81,10 +81,13 @@ def gradient_norms(model: nn.Module, split: SplitData) -> dict[str, float]:
     return norms
 
 
+Records = dict[str, dict[str, list[float]]]  # "residual" / "entropy" -> module -> values
+
+
 @contextmanager
-def recording(model: nn.Module) -> Iterator[dict[str, list[float]]]:
+def recording(model: nn.Module) -> Iterator[Records]:
     """Forward hooks that record residual ratios and attention entropies by module name."""
-    records: dict[str, list[float]] = defaultdict(list)
+    records: Records = {"residual": defaultdict(list), "entropy": defaultdict(list)}
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, AttentionBlock):
@@ -109,9 +112,9 @@ def _ratio(change: torch.Tensor, base: torch.Tensor) -> float:
     return float(change.norm() / base.norm().clamp(min=1e-12))
 
 
-def _block_hook(name: str, records: dict) -> Callable:
+def _block_hook(name: str, records: Records) -> Callable:
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        records[f"residual/{name}"].append(_ratio(output - args[0], args[0]))
+        records["residual"][name].append(_ratio(output - args[0], args[0]))
 
     return hook
 
@@ -125,7 +128,7 @@ def _normalised_entropy(weights: torch.Tensor, allowed: torch.Tensor) -> torch.T
     return entropy[keep] / count[keep].log()
 
 
-def _attention_hook(name: str, records: dict) -> Callable:
+def _attention_hook(name: str, records: Records) -> Callable:
     def hook(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: Any) -> None:
         if output[1] is not None:  # our own call below
             return
@@ -138,12 +141,12 @@ def _attention_hook(name: str, records: dict) -> Callable:
         allowed = torch.ones_like(weights, dtype=torch.bool)
         if mask is not None:
             allowed = ~mask.view(weights.shape)
-        records[f"entropy/{name}"].append(float(_normalised_entropy(weights, allowed).mean()))
+        records["entropy"][name].append(float(_normalised_entropy(weights, allowed).mean()))
 
     return hook
 
 
-def _graph_attention_hook(name: str, records: dict) -> Callable:
+def _graph_attention_hook(name: str, records: Records) -> Callable:
     def hook(module: TransformerConv, args: tuple, output: Any) -> None:
         if isinstance(output, tuple):  # our own call below
             return
@@ -155,39 +158,28 @@ def _graph_attention_hook(name: str, records: dict) -> Callable:
         entropy = scatter(-(alpha * alpha.clamp(min=1e-12).log()), target, 0, dim_size=len(x))
         degree = scatter(torch.ones_like(target, dtype=x.dtype), target, 0, dim_size=len(x))
         keep = degree > 1
-        records[f"entropy/{name}"].append(float((entropy[keep] / degree[keep, None].log()).mean()))
-        records[f"residual/{name}"].append(_ratio(output - skip, skip))
+        records["entropy"][name].append(float((entropy[keep] / degree[keep, None].log()).mean()))
+        records["residual"][name].append(_ratio(output - skip, skip))
 
     return hook
 
 
-def _relational_hook(name: str, records: dict) -> Callable:
+def _relational_hook(name: str, records: Records) -> Callable:
     def hook(module: RGCNConv, args: tuple, output: torch.Tensor) -> None:
         root = args[0] @ module.root + module.bias
-        records[f"residual/{name}"].append(_ratio(output - root, root))
+        records["residual"][name].append(_ratio(output - root, root))
 
     return hook
 
 
 def head_blocks(model: nn.Module) -> list[tuple[str, int, int]]:
-    """(name, first column, end column) of each block of CORECT's head input, in the
-    order its forward concatenates them; empty for other models."""
-    if not hasattr(model, "rtgcn"):
-        return []
-    first = model.head.net[0]  # Linear(head input, hidden)
-    num_mod, hidden = len(model.modalities), first.out_features
-    sizes = []
-    if model.encoder_skip or (model.rtgcn is None and model.pcm is None):
-        sizes.append(("encoders", num_mod * hidden))
-    if model.rtgcn is not None:
-        sizes.append(("rtgcn", num_mod * model.rtgcn.out_dim))
-    if model.pcm is not None:
-        sizes.append(("pcm", model.pcm.out_dim))
+    """(name, first column, end column) of each block of CORECT's head input
+    (:attr:`CORECT.head_blocks`); empty for other models."""
     blocks, start = [], 0
-    for name, size in sizes:
-        blocks.append((name, start, start + size))
-        start += size
-    return blocks if start == first.in_features else []
+    for name, width in getattr(model, "head_blocks", []):
+        blocks.append((name, start, start + width))
+        start += width
+    return blocks
 
 
 @torch.no_grad()
@@ -226,7 +218,9 @@ def diagnose(model: nn.Module, initial: nn.Module, split: SplitData) -> dict[str
         "drift": parameter_drift(model, initial),
         "grad_norm_initial": gradient_norms(initial, split),
         "grad_norm_trained": gradient_norms(model, split),
-        "residual": {k[9:]: sum(v) / len(v) for k, v in records.items() if k[:9] == "residual/"},
-        "entropy": {k[8:]: sum(v) / len(v) for k, v in records.items() if k[:8] == "entropy/"},
+        **{
+            kind: {name: sum(v) / len(v) for name, v in values.items()}
+            for kind, values in records.items()
+        },
         "ablation": head_ablation(model, split),
     }

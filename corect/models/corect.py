@@ -81,13 +81,15 @@ class CORECT(nn.Module):
             if config.use_pcm and num_mod > 1
             else None
         )
-        features = 0
+        # The head's input: (name, width) of each block, in the order forward concatenates.
+        self.head_blocks: list[tuple[str, int]] = []
+        if self.encoder_skip or (self.rtgcn is None and self.pcm is None):
+            self.head_blocks.append(("encoders", num_mod * hidden))
         if self.rtgcn is not None:
-            features += num_mod * self.rtgcn.out_dim
+            self.head_blocks.append(("rtgcn", num_mod * self.rtgcn.out_dim))
         if self.pcm is not None:
-            features += self.pcm.out_dim
-        if features == 0 or self.encoder_skip:
-            features += num_mod * hidden
+            self.head_blocks.append(("pcm", self.pcm.out_dim))
+        features = sum(width for _, width in self.head_blocks)
         self.head = ClassifierHead(features, hidden, num_classes, config.dropout)
 
     def forward(self, batch: Batch) -> torch.Tensor:
