@@ -5,7 +5,7 @@ Example (CORECT against every fusion baseline, 3 seeds, on the embedded syntheti
     python -m corect.benchmark --models corect,early,late,gated --seeds 3
 
 For every model and seed (and with ``--modes offline,causal`` in both modes, the causal
-runs named ``<model>-causal-seed<k>``) this calls :func:`corect.training.train` with the
+runs named ``<model>-causal-seed<k>``) this calls :func:`corect.engine.training.train` with the
 base config plus the model's overrides, then writes under the output directory (default
 ``<train.runs_dir>/benchmarks/<name>-<date-time>/``):
 
@@ -14,7 +14,8 @@ base config plus the model's overrides, then writes under the output directory (
 - ``results.json``: the same, plus every run's test metrics and the exact overrides;
 - ``results.png``: test weighted and macro F1 per model, mean ± std over seeds, every
   seed a dot, offline and causal side by side when both are among the runs, the plain
-  references (:data:`corect.registry.REFERENCES`) marked (:func:`corect.plots.benchmark_figure`);
+  references (:data:`corect.models.registry.REFERENCES`) marked
+  (:func:`corect.common.plots.benchmark_figure`);
 - ``runs/<model>-seed<k>/``: the training runs themselves;
 - ``benchmark.log``.
 
@@ -23,7 +24,7 @@ benchmark leaves the finished runs tabulated (``"complete": false``); run the sa
 command again with the same ``--out`` and the finished runs (same resolved config) are
 reused, not retrained. A failing run stops the benchmark with an error naming the model
 and seed. With ``--backend ray`` the runs train as Ray tasks, several at once
-(:mod:`corect.backends`); the files, the reuse and the failure handling are the same.
+(:mod:`corect.experiments.backends`); the files, the reuse and the failure handling are the same.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from corect import plots
-from corect.backends import add_backend_arguments, backend_from_args
+from corect.common import plots
+from corect.common.errors import INPUT_ERRORS, InputError, report
+from corect.common.files import read_json, write_atomic
+from corect.common.runtime import keep_freed_memory
 from corect.config import Config, ConfigError, load_config
-from corect.errors import INPUT_ERRORS, InputError, report
-from corect.experiments import (
+from corect.experiments.backends import add_backend_arguments, backend_from_args
+from corect.experiments.runner import (
     Backend,
     add_plan_arguments,
     command_line,
@@ -58,9 +61,7 @@ from corect.experiments import (
     train_or_reuse,
     training_config,
 )
-from corect.io import read_json, write_atomic
-from corect.registry import DEFAULT_VARIANTS, VARIANTS, is_reference
-from corect.runtime import keep_freed_memory
+from corect.models.registry import DEFAULT_VARIANTS, VARIANTS, is_reference
 
 log = logging.getLogger("corect.benchmark")
 DEFAULT_MODELS = DEFAULT_VARIANTS
@@ -279,7 +280,7 @@ def run_benchmark(
     the config's mode); write and return the results.
 
     Every run's config is built and validated before the first run starts, so a typo in a
-    model name or an override fails at once. `train_fn` defaults to corect.training.train;
+    model name or an override fails at once. `train_fn` defaults to corect.engine.training.train;
     `backend` (default: this process, one run after another) says where runs train.
     """
     if not models:
@@ -299,7 +300,7 @@ def run_benchmark(
         for s in seeds
     ]
     if train_fn is None:
-        from corect.training import train as train_fn
+        from corect.engine.training import train as train_fn
     out.mkdir(parents=True, exist_ok=True)
     bench = Benchmark(
         name, out, config_path, list(overrides), list(models), list(seeds), command, modes=[*modes]

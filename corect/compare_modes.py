@@ -8,7 +8,7 @@ Both modes' runs land in the usual runs directory, side by side in TensorBoard::
     runs/<dataset>/<modalities>--<task>--<model>/<name>-<date-time>-seed<k>/
     runs/<dataset>/<modalities>--<task>--<model>-causal/<name>-<date-time>-seed<k>/
 
-Every run's best checkpoint is scored on the test split (:func:`corect.runs.predict`, as
+Every run's best checkpoint is scored on the test split (:func:`corect.engine.runs.predict`, as
 ``corect.evaluate`` does) and the comparison is written, atomically and after every run,
 under ``<train.runs_dir>/compare/<name>-<date-time>/``:
 
@@ -18,11 +18,11 @@ under ``<train.runs_dir>/compare/<name>-<date-time>/``:
 - ``results.json``: the same, plus every run's figures and directory;
 - ``results.png``: weighted F1 by position in the dialogue for both modes (mean and
   ± std band over seeds, every seed a dot) and the per-class F1 difference causal -
-  offline (:func:`corect.plots.modes_figure`), once both modes have a run;
+  offline (:func:`corect.common.plots.modes_figure`), once both modes have a run;
 - ``compare.log``: the log, training included.
 
 The table is printed at the end, and the path of ``results.md`` last. With ``--backend
-ray`` the runs train as Ray tasks, several at once (:mod:`corect.backends`); everything
+ray`` the runs train as Ray tasks, several at once (:mod:`corect.experiments.backends`); everything
 else is the same.
 """
 
@@ -41,12 +41,17 @@ from typing import Any
 
 import numpy as np
 
-from corect import plots
-from corect.backends import add_backend_arguments, backend_from_args
+from corect.common import plots
+from corect.common.errors import INPUT_ERRORS, report
+from corect.common.files import write_atomic
+from corect.common.metrics import POSITION_BUCKETS
+from corect.common.runtime import keep_freed_memory
 from corect.config import Config, ConfigError
 from corect.data.format import Dataset, DatasetError
-from corect.errors import INPUT_ERRORS, report
-from corect.experiments import (
+from corect.engine.runs import load_data, load_run, score_run
+from corect.engine.training import train
+from corect.experiments.backends import add_backend_arguments, backend_from_args
+from corect.experiments.runner import (
     Backend,
     add_plan_arguments,
     check_comparable,
@@ -60,11 +65,6 @@ from corect.experiments import (
     train_or_reuse,
     training_config,
 )
-from corect.io import write_atomic
-from corect.metrics import POSITION_BUCKETS
-from corect.runs import load_data, load_run, score_run
-from corect.runtime import keep_freed_memory
-from corect.training import train
 
 log = logging.getLogger("corect.compare_modes")
 MODES = ("offline", "causal")

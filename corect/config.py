@@ -17,9 +17,9 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from corect.errors import InputError
-from corect.io import read_yaml
-from corect.registry import FUSION_NAMES, MODEL_NAMES
+from corect.common.errors import InputError
+from corect.common.files import read_yaml
+from corect.models.registry import FUSION_NAMES, MODEL_NAMES
 
 MODALITIES = ("t", "a", "v")
 ENCODER_KINDS = ("mlp", "transformer", "lstm")

@@ -4,7 +4,7 @@ Reloads the run's best checkpoint and rebuilds its initial weights (same seed), 
 measures per part, on a split: weight drift from the initial values, gradient norms at
 the initial and trained weights, how much each attention block and graph layer changes
 its input, attention entropies, and (CORECT) the accuracy with each block of the head's
-input replaced by its mean (:func:`corect.diagnostics.diagnose`). Prints a summary and
+input replaced by its mean (:func:`corect.engine.diagnostics.diagnose`). Prints a summary and
 writes ``RUN_DIR/diagnose-<split>.json``.
 """
 
@@ -15,11 +15,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from corect.diagnostics import diagnose
-from corect.errors import INPUT_ERRORS, report
-from corect.io import write_json_atomic
-from corect.runs import check_run_data, load_data, load_run, model_for
-from corect.training import seed_everything
+from corect.common.errors import INPUT_ERRORS, report
+from corect.common.files import write_json_atomic
+from corect.engine.diagnostics import diagnose
+from corect.engine.runs import check_run_data, load_data, load_run, model_for
+from corect.engine.training import seed_everything
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def diagnose_run(run_dir: str | Path, split: str = "dev") -> dict:
-    """The measurements of :func:`corect.diagnostics.diagnose` for a run, on CPU."""
+    """The measurements of :func:`corect.engine.diagnostics.diagnose` for a run, on CPU."""
     config, model, checkpoint = load_run(run_dir, "cpu")
     dataset = load_data(config)
     check_run_data(run_dir, checkpoint, dataset)
-    seed_everything(config.train.seed)  # as corect.training.train, before the model
+    seed_everything(config.train.seed)  # as corect.engine.training.train, before the model
     initial = model_for(config, dataset)
     results = diagnose(model, initial, dataset.splits[split])
     write_json_atomic(Path(run_dir) / f"diagnose-{split}.json", results)

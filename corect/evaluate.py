@@ -4,7 +4,7 @@ Reloads the run's checkpoint (``torch.load(weights_only=True)``: no unpickling o
 and its dataset, prints accuracy, weighted/macro F1 and a per-class table, and writes
 ``RUN_DIR/eval-<split>.json`` and the confusion matrix ``RUN_DIR/confusion-<split>.png``
 (as ``corect.train`` draws it). The scores equal the ones in ``metrics.json``, since both
-come from :func:`corect.runs.evaluate_split` on the same checkpoint. A dataset that is not
+come from :func:`corect.engine.runs.evaluate_split` on the same checkpoint. A dataset that is not
 the one the run was trained on (labels, dims, fingerprint) is refused before anything is
 written; a run that did not complete is scored with a warning.
 """
@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from corect import plots
+from corect.common import plots
+from corect.common.errors import INPUT_ERRORS, report
+from corect.common.files import write_json_atomic
 from corect.data.format import Dataset, DatasetError
-from corect.errors import INPUT_ERRORS, report
-from corect.io import write_json_atomic
-from corect.runs import (
+from corect.engine.runs import (
     DEFAULT_DEVICE,
     check_run_data,
     evaluate_split,

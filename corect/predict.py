@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from corect.errors import INPUT_ERRORS, report
-from corect.inputs import check_speakers, split_from_records, text_encoder_for_run
-from corect.io import check_output, write_atomic
-from corect.metrics import classification_metrics
-from corect.runs import DEFAULT_DEVICE, load_run, predict, select_device
+from corect.common.errors import INPUT_ERRORS, report
+from corect.common.files import check_output, write_atomic
+from corect.common.metrics import classification_metrics
+from corect.engine.runs import DEFAULT_DEVICE, load_run, predict, select_device
+from corect.inference.inputs import check_speakers, split_from_records, text_encoder_for_run
 
 
 def predict_file(

@@ -5,7 +5,7 @@ dialogues, about 5,000 training utterances, dims t 384 / a 100 / v 512) with the
 published sizes (batch 10, hidden 100, wp 11, wf 5, 7 graph heads):
 
 - graph construction time per batch of 10 dialogues (mean and max over an epoch);
-- seconds per training epoch: the training loop's own step (:func:`corect.runs.train_step`:
+- seconds per training epoch: the training loop's own step (:func:`corect.engine.runs.train_step`:
   modality dropout, autocast, loss, backward, clipping, optimizer step; no evaluation);
 - training and inference throughput in utterances per second.
 
@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from corect.common.errors import INPUT_ERRORS, report
+from corect.common.files import write_json_atomic
+from corect.common.runtime import keep_freed_memory
 from corect.config import add_overrides_argument, load_config
 from corect.data.batching import iterate_batches
-from corect.errors import INPUT_ERRORS, report
-from corect.graph import build_graph
-from corect.io import write_json_atomic
-from corect.runs import (
+from corect.engine.runs import (
     DEFAULT_DEVICE,
     build_optimizer,
     grad_scaler,
@@ -40,7 +40,7 @@ from corect.runs import (
     select_device,
     train_step,
 )
-from corect.runtime import keep_freed_memory
+from corect.models.graph import build_graph
 
 
 def time_graph(

@@ -16,7 +16,7 @@ head), and past outputs never change. So every causal model has, beside its batc
 ``forward``, a ``step(features, party, position, cache)`` that computes only the new
 utterance's row of each layer from a cache of the window (``init_cache()``; keys and
 values of attention, graph inputs, recurrent states), in the model's own file
-(:mod:`corect.models.cache`). The recognizer only strings the pushes together: a push
+(:mod:`corect.models.caches`). The recognizer only strings the pushes together: a push
 costs the same at utterance 200 as at utterance 20. With ``wp = -1`` (whole past) the
 windows grow with the dialogue and so does the cost.
 
@@ -45,16 +45,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from corect import plots
+from corect.common import plots
+from corect.common.errors import INPUT_ERRORS, report
+from corect.common.files import check_output, write_atomic, write_json_atomic
 from corect.config import ConfigError, add_overrides_argument, load_config
 from corect.data.batching import collate
 from corect.data.format import DialogueRecord
-from corect.errors import INPUT_ERRORS, report
-from corect.inputs import split_from_records
-from corect.io import check_output, write_atomic, write_json_atomic
-from corect.models import build_model
-from corect.recognizer import Prediction, StreamingRecognizer
-from corect.runs import DEFAULT_DEVICE, select_device
+from corect.engine.runs import DEFAULT_DEVICE, select_device
+from corect.inference.inputs import split_from_records
+from corect.inference.recognizer import Prediction, StreamingRecognizer
+from corect.models.build import build_model
 
 __all__ = ["Prediction", "StreamingRecognizer", "bench", "main", "stream_file"]
 

@@ -1,9 +1,9 @@
 """Train a model: ``python -m corect.train [--config configs/X.yaml] [--set key=value ...]``.
 
-The loop itself is :func:`corect.training.train`: it trains, selects the best epoch by
+The loop itself is :func:`corect.engine.training.train`: it trains, selects the best epoch by
 dev weighted F1, scores dev and test, and writes a run directory
 ``runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>/`` (its files are
-listed in :mod:`corect.training`).
+listed in :mod:`corect.engine.training`).
 
 The last line printed on stdout is the run directory.
 """
@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from corect.common.errors import INPUT_ERRORS, report
+from corect.common.runtime import keep_freed_memory
 from corect.config import add_overrides_argument, load_config
-from corect.errors import INPUT_ERRORS, report
-from corect.runs import build_optimizer
-from corect.runtime import keep_freed_memory
-from corect.training import train
+from corect.engine.runs import build_optimizer
+from corect.engine.training import train
 
 __all__ = ["build_optimizer", "build_parser", "main", "train"]
 

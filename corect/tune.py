@@ -1,5 +1,5 @@
 """Hyperparameter search on Ray Tune: ``python -m corect.tune --config CONFIG --space
-SPACE.yaml --trials N`` (the space format: :mod:`corect.space`).
+SPACE.yaml --trials N`` (the space format: :mod:`corect.experiments.space`).
 
 Each trial trains CONFIG (``--set`` included) with its values and the config's seed and
 reports dev weighted F1 after every epoch; trials are judged by their best dev weighted
@@ -34,7 +34,12 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from corect.backends import (
+from corect.common.errors import INPUT_ERRORS, report
+from corect.common.files import write_atomic, write_json_atomic
+from corect.common.runtime import keep_freed_memory
+from corect.config import Config, ConfigError, load_config
+from corect.engine.training import train
+from corect.experiments.backends import (
     INSTALL_HINT,
     RayBackend,
     WorkerContext,
@@ -42,9 +47,7 @@ from corect.backends import (
     backend_from_args,
     require_ray,
 )
-from corect.config import Config, ConfigError, load_config
-from corect.errors import INPUT_ERRORS, report
-from corect.experiments import (
+from corect.experiments.runner import (
     SCORES,
     add_plan_arguments,
     command_line,
@@ -58,10 +61,7 @@ from corect.experiments import (
     train_or_reuse,
     training_config,
 )
-from corect.io import write_atomic, write_json_atomic
-from corect.runtime import keep_freed_memory
-from corect.space import Param, config_value, load_space, overrides_of, plain
-from corect.training import train
+from corect.experiments.space import Param, config_value, load_space, overrides_of, plain
 
 log = logging.getLogger("corect.tune")
 METRIC = "best_dev_weighted_f1"  # reported every epoch; ASHA and the choice use it

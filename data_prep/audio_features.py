@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from corect.data.cache import VectorCache
+from corect.data.vector_store import VectorCache
 from data_prep.options import ConversionError
 
 FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from corect.errors import INPUT_ERRORS, InputError, report
+from corect.common.errors import INPUT_ERRORS, InputError, report
 
 if TYPE_CHECKING:
     from corect.data.text_encoder import TextEncoder

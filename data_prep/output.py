@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from corect.common.files import inside
 from corect.data.format import SPLITS, DialogueRecord, load_dataset, write_dataset
 from corect.data.manifest import dataset_refusal
-from corect.io import inside
 from data_prep.options import MODALITY_NAMES, ConversionError
 
 

@@ -33,6 +33,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from corect.common.files import atomic_directory
+from corect.common.metrics import classification_metrics
 from corect.data.format import Dataset, load_dataset
 from corect.data.text_encoder import (
     RECORD_FILE,
@@ -41,8 +43,6 @@ from corect.data.text_encoder import (
     embed_batch,
     model_identity,
 )
-from corect.io import atomic_directory
-from corect.metrics import classification_metrics
 from data_prep.options import ConversionError
 from data_prep.output import check_output_folder
 

@@ -16,7 +16,7 @@ from corect.benchmark import (
     run_benchmark,
 )
 from corect.config import Config, ConfigError, save_config
-from corect.experiments import mean_std
+from corect.experiments.runner import mean_std
 
 
 def fake_train(config: Config) -> Path:

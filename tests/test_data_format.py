@@ -146,7 +146,7 @@ def test_written_files_are_not_private(tmp_path):
     """tempfile makes 0600/0700 entries; what we write gets the usual umask-based modes."""
     import os
 
-    from corect.io import write_atomic
+    from corect.common.files import write_atomic
 
     mask = os.umask(0o022)
     try:
@@ -161,7 +161,7 @@ def test_written_files_are_not_private(tmp_path):
 
 
 def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
-    from corect.io import atomic_target, write_atomic
+    from corect.common.files import atomic_target, write_atomic
 
     target = tmp_path / "checkpoint.pt"
     write_atomic(target, "old")

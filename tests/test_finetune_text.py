@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from corect.common.errors import InputError
+from corect.common.metrics import classification_metrics
 from corect.data.format import DialogueRecord, write_dataset
 from corect.data.text_encoder import (
     RECORD_FILE,
@@ -18,8 +20,6 @@ from corect.data.text_encoder import (
     TextModelError,
     context_inputs,
 )
-from corect.errors import InputError
-from corect.metrics import classification_metrics
 from data_prep import finetune_text as ft
 from data_prep import text_finetuning as tf
 from data_prep.options import ConversionError
@@ -317,7 +317,7 @@ def test_help_explains_the_modes(capsys):
 
 def test_stream_builds_the_same_context_inputs(context_model):
     from corect.config import config_from_dict
-    from corect.models import build_model
+    from corect.models.build import build_model
     from corect.stream import StreamingRecognizer
 
     encoder = TextEncoder(context_model.out, cache_dir=None, progress=False)

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from corect.graph import build_graph, cross_modal_pairs, num_relations
+from corect.models.graph import build_graph, cross_modal_pairs, num_relations
 
 
 def brute_force(lengths, num_modalities, wp, wf, edge_types):

@@ -14,7 +14,7 @@ import torch
 from corect.config import MODEL_NAMES, config_from_dict
 from corect.data.batching import collate, iterate_batches
 from corect.data.format import SplitData, party_indices
-from corect.models import build_model
+from corect.models.build import build_model
 from corect.models.encoders import InputNormalizer
 
 DIMS = {"t": 12, "a": 6, "v": 5}

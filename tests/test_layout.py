@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from corect.graph import build_graph, num_relations
 from corect.models.attention import AttentionStack, init_stacked_cache, stacked_step
+from corect.models.graph import build_graph, num_relations
 from corect.models.rtgcn import RTGCN
 
 ROOT = Path(__file__).resolve().parents[1]

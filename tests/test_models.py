@@ -7,7 +7,7 @@ import torch
 
 from corect.config import config_from_dict
 from corect.data.batching import collate
-from corect.models import build_model
+from corect.models.build import build_model
 from tests.conftest import TINY_DIMS, make_split
 
 SUBSETS = ["t", "a", "v", "ta", "tv", "av", "tav"]

@@ -1,5 +1,5 @@
 """The small-data switches of CORECT (encoder skip, graph dropout, input noise, utterance
-dropout) and the part diagnostics (corect.diagnostics)."""
+dropout) and the part diagnostics (corect.engine.diagnostics)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from corect.config import config_from_dict
 from corect.data.batching import collate, drop_utterances
 from corect.diagnose import main as diagnose_main
-from corect.diagnostics import diagnose, head_ablation, head_blocks
-from corect.models import build_model
-from corect.training import train
+from corect.engine.diagnostics import diagnose, head_ablation, head_blocks
+from corect.engine.training import train
+from corect.models.build import build_model
 from tests.conftest import TINY_DIMS, make_split, tiny_config
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from corect import plots
+from corect.common import plots
 from corect.evaluate import evaluate_run
 from corect.train import train
 from tests.conftest import tiny_config
@@ -117,7 +117,7 @@ def test_latency_figure_recognizer_against_recompute() -> None:
 
 
 def test_never_fatal_logs_and_carries_on(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, "corect.plots"), plots.never_fatal("a figure"):
+    with caplog.at_level(logging.WARNING, "corect.common.plots"), plots.never_fatal("a figure"):
         raise RuntimeError("no display")
     assert "could not draw a figure: RuntimeError: no display" in caplog.text
 

@@ -11,9 +11,9 @@ import torch
 from corect.config import config_from_dict
 from corect.data.batching import collate
 from corect.data.format import DialogueRecord
-from corect.inputs import PredictError, split_from_records
+from corect.engine.runs import load_run
+from corect.inference.inputs import PredictError, split_from_records
 from corect.predict import main, predict_file
-from corect.runs import load_run
 from corect.train import train
 from tests.conftest import TINY_DIMS
 

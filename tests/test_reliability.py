@@ -19,15 +19,15 @@ import pytest
 import torch
 
 from corect import evaluate, predict
+from corect.common.errors import InputError
+from corect.common.files import HOST, atomic_directory, recover
 from corect.config import ConfigError, SyntheticConfig, load_config
 from corect.data import format as format_module
 from corect.data.format import DatasetError, DialogueRecord, load_dataset, write_dataset
 from corect.data.jsonl import JsonlError
 from corect.data.synthetic import ensure_synthetic_dataset
-from corect.errors import InputError
-from corect.io import HOST, atomic_directory, recover
-from corect.runs import CheckpointError, load_checkpoint, run_status, write_run_status
-from corect.training import DivergedError, abandon_run, train
+from corect.engine.runs import CheckpointError, load_checkpoint, run_status, write_run_status
+from corect.engine.training import DivergedError, abandon_run, train
 from data_prep import jsonl as jsonl_converter
 from data_prep.options import ConversionError
 from data_prep.release import read_feature_release

@@ -11,8 +11,8 @@ import torch
 from corect.config import ConfigError, config_from_dict
 from corect.data.batching import collate
 from corect.data.format import DialogueRecord
-from corect.inputs import PredictError, split_from_records
-from corect.models import build_model
+from corect.inference.inputs import PredictError, split_from_records
+from corect.models.build import build_model
 from corect.models.fusion import FUSION_NAMES
 from corect.stream import StreamingRecognizer, main
 from tests.conftest import TINY_DIMS, off_scale_statistics

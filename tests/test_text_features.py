@@ -126,7 +126,7 @@ def test_missing_package_and_bad_dir(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_a_run_on_layered_features_encodes_new_texts_the_same_way() -> None:
     """predict / stream rebuild the encoder from the run's record, layers included."""
     from corect.config import config_from_dict
-    from corect.inputs import PredictError, text_encoder_for_run
+    from corect.inference.inputs import PredictError, text_encoder_for_run
 
     layered = TextEncoder(cache_dir=None, progress=False, layers="3,-1")
     config = config_from_dict({"data": {"modalities": "t"}})

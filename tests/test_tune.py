@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import corect.training
+import corect.engine.training
 from corect import benchmark, compare_modes, tune
 from corect.config import ConfigError, load_config
-from corect.experiments import training_config
-from corect.space import Param, config_value, load_space, overrides_of
-from corect.training import train
+from corect.engine.training import train
+from corect.experiments.runner import training_config
+from corect.experiments.space import Param, config_value, load_space, overrides_of
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,13 +81,13 @@ def test_names_that_look_like_numbers_stay_strings(tmp_path: Path) -> None:
 
 def test_epoch_callback_and_no_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scored = []
-    evaluate = corect.training.evaluate_split
+    evaluate = corect.engine.training.evaluate_split
 
     def spy(model, split, *args, **kwargs):
         scored.append(split.num_dialogues)
         return evaluate(model, split, *args, **kwargs)
 
-    monkeypatch.setattr(corect.training, "evaluate_split", spy)
+    monkeypatch.setattr(corect.engine.training, "evaluate_split", spy)
     epochs: list[dict[str, float]] = []
     config = tiny_config(tmp_path)
     config.data.synthetic.test_dialogues = 5  # dev has 3: the sizes tell the splits apart
@@ -138,4 +138,6 @@ def test_ray_is_imported_only_inside_functions() -> None:
     for path in sorted((ROOT / "corect").rglob("*.py")):
         names = set(eager_imports(ast.parse(path.read_text())))
         assert not {n for n in names if n.split(".")[0] in ("ray", "optuna")}, path
-    assert "torch" in set(eager_imports(ast.parse((ROOT / "corect/backends.py").read_text())))
+    assert "torch" in set(
+        eager_imports(ast.parse((ROOT / "corect/experiments/backends.py").read_text()))
+    )

@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from corect.common.files import atomic_directory, read_json, recover
 from corect.data.manifest import (
     DatasetError,
     check_unique_dialogues,
     dataset_refusal,
     read_manifest,
 )
-from corect.io import atomic_directory, read_json, recover
 
 __all__ = ["DatasetError", "Dataset", "DialogueRecord", "SplitData", "load_dataset"]
 __all__ += ["write_dataset", "label_index", "party_indices"]
@@ -212,7 +212,7 @@ def write_dataset(
 
     Raises :class:`DatasetError` (naming the dialogue and field) on inconsistent records.
     ``keep_existing``: a cache's write, where a dataset another process finished at the
-    same path first is kept (see :func:`corect.io.atomic_directory`).
+    same path first is kept (see :func:`corect.common.files.atomic_directory`).
     """
     directory = Path(directory)
     check_unique_dialogues(

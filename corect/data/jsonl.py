@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from corect.common.errors import InputError
 from corect.data.format import SPLITS, DialogueRecord, label_index
-from corect.errors import InputError
 
 if TYPE_CHECKING:
     from corect.data.text_encoder import TextEncoder

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from corect.errors import InputError
-from corect.io import read_json
+from corect.common.errors import InputError
+from corect.common.files import read_json
 
 MANIFEST = "manifest.json"
 # The files a dataset directory holds; a folder with anything else is not replaced.

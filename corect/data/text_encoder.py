@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from corect.data.cache import VectorCache
+from corect.common.errors import InputError
+from corect.common.files import read_json
 from corect.data.format import DialogueRecord
-from corect.errors import InputError
-from corect.io import read_json
+from corect.data.vector_store import VectorCache
 
 DEFAULT_CACHE_DIR = Path("runs/.cache/text_features")
 DEFAULT_BATCH_SIZE = 64

@@ -1,43 +1,18 @@
-"""Models. :func:`build_model` is the one place that maps a config name (the registry,
-:mod:`corect.registry`) to a class.
-
-Every model takes a :class:`corect.data.batching.Batch` and returns logits
+"""Models: every model takes a :class:`corect.data.batching.Batch` and returns logits
 ``[N, classes]`` for the batch's N real utterances, dialogue after dialogue.
+
+One file per model family, bottom to top:
+
+- :mod:`~corect.models.graph`: the relational temporal graph (nodes, edges, relations);
+- :mod:`~corect.models.attention`: masked (causal, windowed) attention blocks and stacks;
+- :mod:`~corect.models.encoders`: input standardisation, per-modality encoders, speaker
+  embeddings, the classifier head (shared by every model);
+- :mod:`~corect.models.rtgcn`, :mod:`~corect.models.pcm`: CORECT's two parts;
+- :mod:`~corect.models.corect`: CORECT itself;
+- :mod:`~corect.models.fusion`, :mod:`~corect.models.baselines`: the fusion baselines and
+  the recurrent context model;
+- :mod:`~corect.models.caches`: the streaming caches every causal ``step`` keeps;
+- :mod:`~corect.models.registry`: model names; :mod:`~corect.models.build`: the factory.
+
+This file imports nothing, so ``corect.config`` can read the registry without a cycle.
 """
-
-from __future__ import annotations
-
-import torch
-from torch import nn
-
-from corect.config import ConfigError, ModelConfig
-from corect.models.corect import CORECT
-from corect.registry import FUSION_NAMES, MODEL_NAMES
-
-
-def build_model(
-    config: ModelConfig,
-    dims: dict[str, int],
-    num_classes: int,
-    num_speakers: int,
-    input_statistics: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-) -> nn.Module:
-    """Instantiate the model named by ``config.name`` for inputs of the given dims.
-
-    `input_statistics` (modality -> per-dimension mean and std of the training split)
-    sets the input standardisation; a model loaded from a checkpoint gets them from its
-    state dict instead."""
-    if config.name == "corect":
-        model = CORECT(config, dims, num_classes, num_speakers)
-    elif config.name in (*FUSION_NAMES, "context"):
-        from corect.models.baselines import build_fusion_model
-
-        model = build_fusion_model(config, dims, num_classes, num_speakers)
-    else:
-        raise ConfigError(f"model.name={config.name!r}: choose one of {', '.join(MODEL_NAMES)}")
-    if input_statistics is not None:
-        model.encoder.set_input_statistics(input_statistics)
-    return model
-
-
-__all__ = ["CORECT", "build_model"]

@@ -9,7 +9,7 @@ that the public CORECT code breaks hold everywhere by construction:
   (``window = -1``: the whole past), so no output depends on a later utterance.
 
 Causal stacks also stream: :meth:`AttentionStack.step` computes the newest position only,
-from a cache of the keys and values of the window (:mod:`corect.models.cache`).
+from a cache of the keys and values of the window (:mod:`corect.models.caches`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from corect.models.cache import Window, window_size
+from corect.models.caches import Window, window_size
 
 
 def attention_mask(

@@ -18,7 +18,7 @@ from corect.config import ModelConfig
 from corect.data.batching import Batch
 from corect.models.encoders import UtteranceEncoder
 from corect.models.fusion import build_fusion
-from corect.registry import FUSION_NAMES
+from corect.models.registry import FUSION_NAMES
 
 
 class DialogueContext(nn.Module):

@@ -14,9 +14,9 @@ from torch import nn
 
 from corect.config import ModelConfig
 from corect.data.batching import Batch
-from corect.graph import build_graph, num_relations
-from corect.models.cache import window_size
+from corect.models.caches import window_size
 from corect.models.encoders import ClassifierHead, UtteranceEncoder
+from corect.models.graph import build_graph, num_relations
 from corect.models.pcm import PairwiseCrossModal
 from corect.models.rtgcn import RTGCN
 

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from corect.common.errors import InputError
 from corect.config import ModelConfig
 from corect.data.batching import Batch
-from corect.errors import InputError
 from corect.models.attention import AttentionStack, sinusoidal_positions
 
 SPEAKER_INIT_STD = 0.1  # speaker embedding at init: a tenth of a standardised input's size

@@ -25,7 +25,7 @@ from torch import nn
 from corect.config import ModelConfig
 from corect.models.attention import AttentionStack
 from corect.models.encoders import ClassifierHead
-from corect.registry import FUSION_NAMES
+from corect.models.registry import FUSION_NAMES
 
 # Defaults for settings that have no config field (yet).
 TENSOR_DIM = 16  # `tensor`: each modality is projected to this size before the outer product

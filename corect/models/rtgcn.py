@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch_geometric.nn import RGCNConv, TransformerConv
 
-from corect.models.cache import Window
+from corect.models.caches import Window
 
 # The graph of one dialogue of `length` utterances: (edge_index [2, E], edge_type [E]).
 WindowGraph = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
@@ -29,7 +29,7 @@ class RTGCN(nn.Module):
     over the incoming edges of i, and K heads concatenated (in training, `dropout` drops
     attention coefficients :math:`\alpha` and output features). Messages flow from
     ``edge_index[0]`` (source) to ``edge_index[1]`` (target), as built by
-    :func:`corect.graph.build_graph`.
+    :func:`corect.models.graph.build_graph`.
     """
 
     def __init__(self, hidden: int, num_relations: int, heads: int, dropout: float) -> None:

@@ -4,7 +4,7 @@ of finished runs, result files rewritten after every run, and mean ± std over s
 
 A command plans its runs (every config built and validated before the first one
 trains), then :func:`run_plan` trains them, one after another in this process or as
-tasks of a :class:`Backend` (:class:`corect.backends.RayBackend`), under one log file
+tasks of a :class:`Backend` (:class:`corect.experiments.backends.RayBackend`), under one log file
 (training included) and one progress bar. As each run finishes, the command records it
 and its ``write(complete)`` rewrites the results here, in the driver, so that an
 interrupted experiment leaves its finished runs tabulated whatever ran them.
@@ -29,9 +29,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from corect.config import Config, ConfigError, add_overrides_argument, load_config
-from corect.runs import run_status
+from corect.engine.runs import run_status
 
-log = logging.getLogger("corect.experiments")
+log = logging.getLogger("corect.experiments.runner")
 # Config keys that may differ between the runs being compared.
 FREE_KEYS = {"model.causal", "model.wf", "train.seed", "train.run_name", "train.runs_dir"}
 FREE_KEYS |= {"train.progress", "train.device", "train.amp", "data.cache_dir"}
@@ -182,7 +182,7 @@ class RunFailed(Exception):
 
 
 class Backend(Protocol):
-    """Where the runs of a plan train (:mod:`corect.backends`); None: here, in order."""
+    """Where the runs of a plan train (:mod:`corect.experiments.backends`); None: here, in order."""
 
     def describe(self) -> str:
         """How runs are placed, for the log (e.g. "local Ray, 1 CPU per run")."""

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from corect.io import atomic_target
+from corect.common.files import atomic_target
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-log = logging.getLogger("corect.plots")
+log = logging.getLogger("corect.common.plots")
 
 DPI = 110
 MODE_COLORS = {"offline": "tab:blue", "causal": "tab:orange"}

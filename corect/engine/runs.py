@@ -24,14 +24,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from corect.common.errors import InputError
+from corect.common.files import (
+    HOST,
+    atomic_target,
+    process_alive,
+    read_json,
+    recover,
+    write_json_atomic,
+)
+from corect.common.metrics import classification_metrics, weighted_f1_by_position
 from corect.config import Config, ConfigError, config_from_dict
 from corect.data.batching import Batch, drop_modalities, drop_utterances, iterate_batches
 from corect.data.format import Dataset, DatasetError, SplitData, load_dataset
 from corect.data.synthetic import ensure_synthetic_dataset
-from corect.errors import InputError
-from corect.io import HOST, atomic_target, process_alive, read_json, recover, write_json_atomic
-from corect.metrics import classification_metrics, weighted_f1_by_position
-from corect.models import build_model
+from corect.models.build import build_model
 
 CHECKPOINT = "checkpoint.pt"
 RUN_STATUS = "run.json"
@@ -305,7 +312,7 @@ def score_run(
     device: str = DEFAULT_DEVICE,
 ) -> tuple[Config, Dataset, dict[str, Any]]:
     """Reload a run's best checkpoint and score it on `split`: the metrics of
-    :func:`corect.metrics.classification_metrics` plus ``by_position``."""
+    :func:`corect.common.metrics.classification_metrics` plus ``by_position``."""
     torch_device = select_device(device)
     config, model, checkpoint = load_run(run_dir, str(torch_device))
     dataset = dataset or load_data(config)

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from corect.common.errors import InputError
 from corect.config import Config
 from corect.data.format import DialogueRecord, SplitData, party_indices
-from corect.errors import InputError
 
 if TYPE_CHECKING:
     from corect.data.text_encoder import TextEncoder

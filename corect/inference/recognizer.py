@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from corect.common.errors import InputError
 from corect.config import Config, ConfigError
 from corect.data.batching import collate
 from corect.data.format import DialogueRecord
-from corect.errors import InputError
-from corect.inputs import PredictError, split_from_records, text_encoder_for_run
-from corect.models.cache import windows
-from corect.runs import load_run
+from corect.engine.runs import load_run
+from corect.inference.inputs import PredictError, split_from_records, text_encoder_for_run
+from corect.models.caches import windows
 
 if TYPE_CHECKING:
     from corect.data.text_encoder import TextEncoder

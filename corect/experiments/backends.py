@@ -1,6 +1,6 @@
 """Execution backends of the experiment runner: where the runs of a plan train.
 
-The default is the sequential path (:func:`corect.experiments.run_plan` with no
+The default is the sequential path (:func:`corect.experiments.runner.run_plan` with no
 backend): one run after another in this process. :class:`RayBackend` makes every run a
 `Ray <https://www.ray.io>`_ task with its own CPU/GPU share, on a local Ray started on
 this machine or on a cluster (``--address``); the driver (this process) still records
@@ -30,12 +30,12 @@ from typing import Any, TypeVar
 import torch
 
 import corect
+from corect.common.errors import InputError
+from corect.common.runtime import keep_freed_memory
 from corect.config import ConfigError
-from corect.errors import InputError
-from corect.experiments import Outputs, RunFailed, log_to_file
-from corect.runtime import keep_freed_memory
+from corect.experiments.runner import Outputs, RunFailed, log_to_file
 
-log = logging.getLogger("corect.backends")
+log = logging.getLogger("corect.experiments.backends")
 T = TypeVar("T")
 R = TypeVar("R")
 INSTALL_HINT = 'pip install -e ".[ray]"'

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from corect.errors import InputError
+from corect.common.errors import InputError
 
 HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
 

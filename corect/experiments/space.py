@@ -25,8 +25,8 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+from corect.common.files import read_yaml
 from corect.config import Config, ConfigError, load_config
-from corect.io import read_yaml
 
 KINDS = {
     "choice": "a list of values",

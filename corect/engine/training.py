@@ -2,7 +2,7 @@
 ``compare_modes``).
 
 Reads top to bottom: load the config and data, build the model, then for each epoch
-train (:func:`corect.runs.train_step`), score dev, step the scheduler, keep the best
+train (:func:`corect.engine.runs.train_step`), score dev, step the scheduler, keep the best
 checkpoint by dev weighted F1, stop early when dev stops improving; finally reload the
 best checkpoint, score dev and test, and write everything into a run directory (a
 non-finite loss stops the run with :class:`DivergedError`; a failed run's folder is
@@ -14,7 +14,7 @@ marked failed, or removed when it holds no checkpoint yet)::
                          dims, dataset fingerprint); torch.load(weights_only=True)
         metrics.json     dev and test metrics, best epoch, time per epoch
         run.json         status: running, completed or failed (with the error)
-        confusion-dev.png, confusion-test.png   labelled confusion matrices (corect.plots)
+        confusion-dev.png, confusion-test.png   labelled confusion matrices (corect.common.plots)
         events.*         TensorBoard (tensorboard --logdir runs)
 
 A hyperparameter search (:mod:`corect.tune`) passes ``on_epoch``, called with the
@@ -39,13 +39,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from corect.common.errors import InputError
+from corect.common.files import write_json_atomic
+from corect.common.metrics import classification_metrics
 from corect.config import Config, save_config
 from corect.data.batching import iterate_batches, num_batches
 from corect.data.format import Dataset, SplitData
-from corect.errors import InputError
-from corect.io import write_json_atomic
-from corect.metrics import classification_metrics
-from corect.runs import (
+from corect.engine.runs import (
     CHECKPOINT,
     RUN_STATUS,
     build_optimizer,
@@ -123,7 +123,7 @@ def log_confusion(
     """The confusion matrix of `split` as a labelled figure (TensorBoard image
     ``confusion/<split>`` and ``run_dir/confusion-<split>.png``; a failure to draw only
     logs a warning) and as a Markdown table."""
-    from corect import plots
+    from corect.common import plots
 
     confusion, labels = metrics["confusion"], dataset.labels
     title = plots.run_title(dataset.name, config.model.name, config.model.causal, split)

@@ -1,5 +1,5 @@
 """The one registry of model names, read by config validation (``corect.config``), the
-factory (:func:`corect.models.build_model`) and the benchmark's variants.
+factory (:func:`corect.models.build.build_model`) and the benchmark's variants.
 
 - :data:`FUSION_NAMES`: the fusion baselines (``model.name``, or ``model.fusion`` of
   ``context``); :data:`MODEL_NAMES`: every ``model.name``.

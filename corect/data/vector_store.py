@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from corect.errors import InputError
-from corect.io import atomic_target
+from corect.common.errors import InputError
+from corect.common.files import atomic_target
 
 
 class VectorCache:
