@@ -17,9 +17,9 @@ from pathlib import Path
 
 from corect.common.errors import INPUT_ERRORS, report
 from corect.common.files import write_json_atomic
+from corect.common.runtime import seed_everything
 from corect.engine.diagnostics import diagnose
 from corect.engine.runs import check_run_data, load_data, load_run, model_for
-from corect.engine.training import seed_everything
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,14 +19,13 @@ from typing import Any
 from corect.common import plots
 from corect.common.errors import INPUT_ERRORS, report
 from corect.common.files import write_json_atomic
+from corect.common.runtime import DEFAULT_DEVICE, select_device
 from corect.data.format import Dataset, DatasetError
 from corect.engine.runs import (
-    DEFAULT_DEVICE,
     check_run_data,
     evaluate_split,
     load_data,
     load_run,
-    select_device,
 )
 
 

@@ -30,7 +30,8 @@ from typing import Any
 from corect.common.errors import INPUT_ERRORS, report
 from corect.common.files import check_output, write_atomic
 from corect.common.metrics import classification_metrics
-from corect.engine.runs import DEFAULT_DEVICE, load_run, predict, select_device
+from corect.common.runtime import DEFAULT_DEVICE, select_device
+from corect.engine.runs import load_run, predict
 from corect.inference.inputs import check_speakers, split_from_records, text_encoder_for_run
 
 

@@ -27,17 +27,15 @@ from torch import nn
 
 from corect.common.errors import INPUT_ERRORS, report
 from corect.common.files import write_json_atomic
-from corect.common.runtime import keep_freed_memory
+from corect.common.runtime import DEFAULT_DEVICE, keep_freed_memory, select_device
 from corect.config import add_overrides_argument, load_config
 from corect.data.batching import iterate_batches
 from corect.engine.runs import (
-    DEFAULT_DEVICE,
     build_optimizer,
     grad_scaler,
     load_data,
     model_for,
     predict,
-    select_device,
     train_step,
 )
 from corect.models.graph import build_graph

@@ -48,10 +48,10 @@ import torch
 from corect.common import plots
 from corect.common.errors import INPUT_ERRORS, report
 from corect.common.files import check_output, write_atomic, write_json_atomic
+from corect.common.runtime import DEFAULT_DEVICE, select_device
 from corect.config import ConfigError, add_overrides_argument, load_config
 from corect.data.batching import collate
 from corect.data.format import DialogueRecord
-from corect.engine.runs import DEFAULT_DEVICE, select_device
 from corect.inference.inputs import split_from_records
 from corect.inference.recognizer import Prediction, StreamingRecognizer
 from corect.models.build import build_model

@@ -34,6 +34,7 @@ from corect.common.files import (
     write_json_atomic,
 )
 from corect.common.metrics import classification_metrics, weighted_f1_by_position
+from corect.common.runtime import DEFAULT_DEVICE, autocast, select_device
 from corect.config import Config, ConfigError, config_from_dict
 from corect.data.batching import Batch, drop_modalities, drop_utterances, iterate_batches
 from corect.data.format import Dataset, DatasetError, SplitData, load_dataset
@@ -42,29 +43,12 @@ from corect.models.build import build_model
 
 CHECKPOINT = "checkpoint.pt"
 RUN_STATUS = "run.json"
-DEFAULT_DEVICE = "auto"
 CHECKPOINT_KEYS = ("state_dict", "config", "labels", "dims", "num_speakers")
 log = logging.getLogger("corect")
 
 
 class CheckpointError(InputError):
     """A checkpoint file is unreadable, refused or inconsistent."""
-
-
-def select_device(name: str = DEFAULT_DEVICE) -> torch.device:
-    """``auto`` = CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """Mixed precision on CUDA (bfloat16 where supported, else float16); off on CPU."""
-    use = enabled and device.type == "cuda"
-    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=use)
 
 
 def load_data(config: Config) -> Dataset:

@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import shutil
-import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +39,11 @@ from tqdm import tqdm
 from corect.common.errors import InputError
 from corect.common.files import write_json_atomic
 from corect.common.metrics import classification_metrics
+from corect.common.runtime import seed_everything, select_device, setup_logging, timestamp
 from corect.config import Config, save_config
 from corect.data.batching import iterate_batches, num_batches
-from corect.data.format import Dataset, SplitData
+from corect.data.format import Dataset
+from corect.engine.losses import class_weights
 from corect.engine.runs import (
     CHECKPOINT,
     RUN_STATUS,
@@ -55,7 +54,6 @@ from corect.engine.runs import (
     load_data,
     model_for,
     save_checkpoint,
-    select_device,
     train_step,
     write_run_status,
 )
@@ -70,22 +68,6 @@ class DivergedError(InputError):
     """Training diverged (a non-finite loss); the run is not reported."""
 
 
-def setup_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return the generator that orders the batches."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
 def run_directory(config: Config, dataset: Dataset) -> Path:
     """``runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>``."""
     model = config.model.name + ("-causal" if config.model.causal else "")
@@ -94,21 +76,12 @@ def run_directory(config: Config, dataset: Dataset) -> Path:
         / dataset.name
         / (f"{config.data.modalities}--{dataset.task}--{model}")
     )
-    name = config.train.run_name or (
-        f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-seed{config.train.seed}"
-    )
+    name = config.train.run_name or (f"{timestamp()}-seed{config.train.seed}")
     path, k = group / name, 1
     while path.exists():
         path, k = group / f"{name}-{k}", k + 1
     path.mkdir(parents=True)
     return path
-
-
-def class_weights(split: SplitData, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency class weights, normalised to mean 1."""
-    counts = torch.bincount(split.labels[split.labels >= 0], minlength=num_classes).float()
-    weights = counts.sum() / (num_classes * counts.clamp(min=1))
-    return weights / weights.mean()
 
 
 def log_confusion(
@@ -236,9 +209,9 @@ def fit(
         if cfg.scheduler_patience >= 0
         else None
     )
-    weight = (
-        class_weights(train_split, dataset.num_classes).to(device) if cfg.class_weights else None
-    )
+    kind = "balanced" if cfg.class_weights else "none"
+    weight = class_weights(train_split.labels, dataset.num_classes, kind)
+    weight = weight.to(device) if weight is not None else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, ignore_index=-1)
     scaler = grad_scaler(config, device)
 

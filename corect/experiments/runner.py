@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from corect.common.runtime import setup_logging
 from corect.config import Config, ConfigError, add_overrides_argument, load_config
 from corect.engine.runs import run_status
 
@@ -139,17 +140,6 @@ def training_config(
     return load_config(
         config_path, [*quiet, *overrides, *extra, f"train.seed={seed}", *place, name]
     )
-
-
-def setup_logging() -> logging.Logger:
-    """Log the package ("corect", training included) to stderr once; return that logger."""
-    package_log = logging.getLogger("corect")
-    if not package_log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        package_log.addHandler(handler)
-        package_log.setLevel(logging.INFO)
-    return package_log
 
 
 @contextmanager
