@@ -24,6 +24,7 @@ from corect.models.registry import FUSION_NAMES, MODEL_NAMES
 MODALITIES = ("t", "a", "v")
 ENCODER_KINDS = ("mlp", "transformer", "lstm")
 EDGE_TYPES = ("temp", "multi", "temp_multi")
+MODES = ("offline", "causal")  # model.causal false / true
 
 
 class ConfigError(InputError):
@@ -392,3 +393,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def mode_of(config: Config) -> str:
+    """``offline`` or ``causal``: the :data:`MODES` entry of ``config.model.causal``."""
+    return MODES[int(config.model.causal)]

@@ -257,3 +257,14 @@ def inside(path: str | Path, folder: str | Path) -> bool:
     """Whether `path` is `folder` or lies inside it (symbolic links resolved)."""
     path, folder = Path(path).resolve(), Path(folder).resolve()
     return path == folder or folder in path.parents
+
+
+def output_directory(parent: str | Path, name: str) -> Path:
+    """Create and return a new folder ``parent/name``; where that exists already,
+    ``parent/name-1``, ``parent/name-2``, ...: a second output never lands in a first."""
+    parent, k = Path(parent), 1
+    path = parent / name
+    while path.exists():
+        path, k = parent / f"{name}-{k}", k + 1
+    path.mkdir(parents=True)
+    return path

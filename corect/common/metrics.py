@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+SCORES = ("accuracy", "weighted_f1", "macro_f1")  # the headline figures every table shows
+SCORE_NAMES = {"accuracy": "Accuracy", "weighted_f1": "Weighted F1", "macro_f1": "Macro F1"}
 POSITION_BUCKETS: tuple[tuple[int, int | None], ...] = ((1, 5), (6, 10), (11, 20), (21, None))
 
 
