@@ -4,7 +4,7 @@ Reloads the run's best checkpoint and rebuilds its initial weights (same seed), 
 measures per part, on a split: weight drift from the initial values, gradient norms at
 the initial and trained weights, how much each attention block and graph layer changes
 its input, attention entropies, and (CORECT) the accuracy with each block of the head's
-input replaced by its mean (:func:`corect.engine.diagnostics.diagnose`). Prints a summary and
+input replaced by its mean (:func:`corect.engine.diagnostics.diagnose_run`). Prints a summary and
 writes ``RUN_DIR/diagnose-<split>.json``.
 """
 
@@ -16,10 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from corect.common.errors import INPUT_ERRORS, report
-from corect.common.files import write_json_atomic
-from corect.common.runtime import seed_everything
-from corect.engine.diagnostics import diagnose
-from corect.engine.runs import check_run_data, load_data, load_run, model_for
+from corect.common.runtime import keep_freed_memory
+from corect.engine.diagnostics import diagnose_run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,20 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def diagnose_run(run_dir: str | Path, split: str = "dev") -> dict:
-    """The measurements of :func:`corect.engine.diagnostics.diagnose` for a run, on CPU."""
-    config, model, checkpoint = load_run(run_dir, "cpu")
-    dataset = load_data(config)
-    check_run_data(run_dir, checkpoint, dataset)
-    seed_everything(config.train.seed)  # as corect.engine.training.train, before the model
-    initial = model_for(config, dataset)
-    results = diagnose(model, initial, dataset.splits[split])
-    write_json_atomic(Path(run_dir) / f"diagnose-{split}.json", results)
-    return results
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         results = diagnose_run(args.run, args.split)
     except INPUT_ERRORS as err:

@@ -4,29 +4,39 @@ Reloads the run's checkpoint (``torch.load(weights_only=True)``: no unpickling o
 and its dataset, prints accuracy, weighted/macro F1 and a per-class table, and writes
 ``RUN_DIR/eval-<split>.json`` and the confusion matrix ``RUN_DIR/confusion-<split>.png``
 (as ``corect.train`` draws it). The scores equal the ones in ``metrics.json``, since both
-come from :func:`corect.engine.runs.evaluate_split` on the same checkpoint. A dataset that is not
-the one the run was trained on (labels, dims, fingerprint) is refused before anything is
-written; a run that did not complete is scored with a warning.
+come from :func:`corect.engine.scoring.evaluate_split` on the same checkpoint
+(:func:`corect.engine.scoring.evaluate_run`). A dataset that is not the one the run was
+trained on (labels, dims, fingerprint) is refused before anything is written; a run that
+did not complete is scored with a warning.
+
+The last line printed on stdout is the file written, ``RUN_DIR/eval-<split>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from corect.common import plots
 from corect.common.errors import INPUT_ERRORS, report
-from corect.common.files import write_json_atomic
-from corect.common.runtime import DEFAULT_DEVICE, select_device
-from corect.data.format import Dataset, DatasetError
-from corect.engine.runs import (
-    check_run_data,
-    evaluate_split,
-    load_data,
-    load_run,
-)
+from corect.common.runtime import DEFAULT_DEVICE, keep_freed_memory
+from corect.engine.scoring import evaluate_run
+
+__all__ = ["build_parser", "evaluate_run", "format_report", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m corect.evaluate",
+        description="Reload a run's best checkpoint, score it on a split, print a report and "
+        "write RUN_DIR/eval-<split>.json and the figure RUN_DIR/confusion-<split>.png.",
+    )
+    parser.add_argument("--run", required=True, help="run directory printed by corect.train")
+    parser.add_argument("--split", default="test", choices=["test", "dev", "train"])
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="auto | cpu | cuda")
+    return parser
 
 
 def format_report(metrics: dict[str, Any], title: str) -> str:
@@ -44,45 +54,9 @@ def format_report(metrics: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(
-    run_dir: str | Path,
-    split: str = "test",
-    device: str = DEFAULT_DEVICE,
-    dataset: Dataset | None = None,
-) -> dict[str, Any]:
-    """Metrics of a run's best checkpoint on `split` (also written to eval-<split>.json),
-    and its confusion matrix drawn to confusion-<split>.png."""
-    torch_device = select_device(device)
-    config, model, checkpoint = load_run(run_dir, str(torch_device))
-    dataset = dataset or load_data(config)
-    check_run_data(run_dir, checkpoint, dataset)  # before anything is written
-    if split not in dataset.splits:
-        raise DatasetError(f"split {split!r} not in dataset {dataset.path}")
-    metrics, loss = evaluate_split(
-        model,
-        dataset.splits[split],
-        checkpoint["labels"],
-        config.train.batch_size,
-        torch_device,
-        config.train.amp,
-    )
-    metrics["loss"] = loss
-    write_json_atomic(Path(run_dir) / f"eval-{split}.json", metrics)
-    title = plots.run_title(dataset.name, config.model.name, config.model.causal, split)
-    plots.save_confusion(run_dir, split, metrics["confusion"], checkpoint["labels"], title)
-    return metrics
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m corect.evaluate",
-        description="Reload a run's best checkpoint, score it on a split, print a report and "
-        "write RUN_DIR/eval-<split>.json and the figure RUN_DIR/confusion-<split>.png.",
-    )
-    parser.add_argument("--run", required=True, help="run directory printed by corect.train")
-    parser.add_argument("--split", default="test", choices=["test", "dev", "train"])
-    parser.add_argument("--device", default=DEFAULT_DEVICE, help="auto | cpu | cuda")
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         metrics = evaluate_run(args.run, args.split, args.device)
     except INPUT_ERRORS as err:

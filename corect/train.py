@@ -1,7 +1,7 @@
 """Train a model: ``python -m corect.train [--config configs/X.yaml] [--set key=value ...]``.
 
-The loop itself is :func:`corect.engine.training.train`: it trains, selects the best epoch by
-dev weighted F1, scores dev and test, and writes a run directory
+The loop itself is :func:`corect.engine.training.train`: it trains, selects the best epoch
+by dev weighted F1, scores dev and test, and writes a run directory
 ``runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>/`` (its files are
 listed in :mod:`corect.engine.training`).
 
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from corect.common.errors import INPUT_ERRORS, report
 from corect.common.runtime import keep_freed_memory
 from corect.config import add_overrides_argument, load_config
-from corect.engine.runs import build_optimizer
 from corect.engine.training import train
 
-__all__ = ["build_optimizer", "build_parser", "main", "train"]
+__all__ = ["build_parser", "main", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()
     overrides = list(args.overrides)

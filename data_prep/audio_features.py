@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from corect.data.vector_store import VectorCache
+from corect.data.vector_store import VectorCache, hash_file
 from data_prep.options import ConversionError
 
 FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}
@@ -44,11 +44,8 @@ def _import_opensmile() -> Any:
 
 
 def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The hex sha256 of the file's bytes."""
+    return hash_file(path).hexdigest()
 
 
 class AudioFeatureExtractor:

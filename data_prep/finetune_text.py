@@ -8,24 +8,21 @@ The input is a dataset directory written by the converters (``data_prep.meld``,
 ``data_prep.jsonl``, ...): they store each split's utterance texts (``<split>.texts.json``)
 and speakers, so one reader serves every source, labels are already mapped, and the
 train/dev split is the one the conversation model uses. This module is the command line;
-the work is done in :mod:`data_prep.text_finetuning`.
+the work is done in :mod:`data_prep.finetuning` (one module per part).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from corect.data.text_encoder import RECORD_FILE
+from corect.data.text_model import RECORD_FILE
+from corect.engine.losses import CLASS_WEIGHTS
+from data_prep.finetuning.config import FINETUNE_MODES, FinetuneConfig
+from data_prep.finetuning.run import FinetuneResult, finetune
 from data_prep.options import HelpFormatter, run_main
-from data_prep.text_finetuning import (
-    CLASS_WEIGHTS,
-    MODES,
-    FinetuneConfig,
-    FinetuneResult,
-    finetune,
-)
 
 DESCRIPTION = f"""\
 Fine-tune a local Hugging Face text encoder (default: the bundled all-MiniLM-L6-v2) as an
@@ -78,9 +75,7 @@ _LORA = (
 )
 
 
-def build_parser():
-    import argparse
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep.finetune_text",
         description=DESCRIPTION,
@@ -93,28 +88,8 @@ def build_parser():
             default = getattr(defaults, flag[2:].replace("-", "_"))
             group.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
 
-    parser.add_argument(
-        "--data",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="corect dataset directory with utterance texts (<split>.texts.json)",
-    )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        metavar="DIR",
-        help="local Hugging Face model directory to start from (default: the bundled "
-        "all-MiniLM-L6-v2)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        metavar="DIR",
-        help="model directory to write, replaced atomically (default: "
-        "runs/text_models/<name>_<task>_<mode>[_ctx<K>]_seed<S>)",
-    )
-    parser.add_argument("--mode", choices=MODES, default=defaults.mode, help="what trains")
+    _add_paths(parser)
+    parser.add_argument("--mode", choices=FINETUNE_MODES, default=defaults.mode, help="what trains")
     numbers(parser, _NUMBERS)
     parser.add_argument(
         "--class-weights",
@@ -139,6 +114,31 @@ def build_parser():
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _add_paths(parser: argparse.ArgumentParser) -> None:
+    """--data, --model and --out."""
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="corect dataset directory with utterance texts (<split>.texts.json)",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="local Hugging Face model directory to start from (default: the bundled "
+        "all-MiniLM-L6-v2)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="model directory to write, replaced atomically (default: "
+        "runs/text_models/<name>_<task>_<mode>[_ctx<K>]_seed<S>)",
+    )
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> FinetuneConfig:

@@ -5,6 +5,8 @@ python -m data_prep.iemocap IEMOCAP_features.pkl --task 6way --out runs/data/iem
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +32,7 @@ release has the same layout). dev = the first 10% of train_ids in file order; te
 """
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("python -m data_prep.iemocap", DESCRIPTION)
     add_release_arguments(parser, "iemocap", TASK_LABELS)
     return parser
@@ -48,4 +50,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -18,15 +18,19 @@ in :mod:`corect.data.jsonl`, shared with ``corect.predict`` and ``corect.stream`
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from corect.data.format import SPLITS, DialogueRecord
+from corect.data.dataset import DialogueRecord
+from corect.data.format import SPLITS
 from corect.data.jsonl import (
     JsonlDialogue,
     JsonlError,
     collect_label_names,
     dialogue_records,
+    encodes_text,
     read_jsonl,
 )
 from data_prep.options import (
@@ -40,8 +44,6 @@ from data_prep.options import (
     text_encoder_from_args,
 )
 from data_prep.output import check_out_folder, feature_dims, write_and_summarize
-
-__all__ = ["JsonlError", "build_parser", "convert", "dialogue_records", "main", "read_jsonl"]
 
 DESCRIPTION = """\
 Convert your own dialogues, one JSON object per line, to a corect dataset directory.
@@ -58,7 +60,7 @@ of labels found. Every error names the file, line, dialogue and field.
 """
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("python -m data_prep.jsonl", DESCRIPTION)
     parser.add_argument("inputs", nargs="+", type=Path, help="JSONL file(s), one dialogue a line")
     parser.add_argument(
@@ -101,23 +103,11 @@ def convert(argv: Sequence[str] | None = None) -> Path:
     name = args.name or args.inputs[0].stem
     out = args.out or Path(f"runs/data/{name}")
     check_out_folder(out, args)
-    dialogues: list[JsonlDialogue] = []
-    seen: dict[str, str] = {}
-    for path in args.inputs:
-        for dialogue in read_jsonl(path, args.labels, require_labels=not args.allow_unlabeled):
-            if dialogue.id in seen:
-                raise JsonlError(
-                    f"{dialogue.source}, dialogue {dialogue.id!r}: field 'id' repeats "
-                    f"{seen[dialogue.id]}"
-                )
-            seen[dialogue.id] = dialogue.source
-            dialogues.append(dialogue)
+    dialogues = read_inputs(args.inputs, args.labels, require_labels=not args.allow_unlabeled)
     labels = args.labels or collect_label_names(dialogues)
     if not labels:
         raise JsonlError(f"{args.inputs[0]}: no labels found; give --labels a,b,c")
-    needs_encoder = "t" in args.modalities and (
-        args.encode_text or not any("t" in f for d in dialogues for f in d.features)
-    )
+    needs_encoder = encodes_text(dialogues, args.modalities, args.encode_text)
     encoder = text_encoder_from_args(args) if needs_encoder else None
     records = dialogue_records(
         dialogues, labels, args.modalities, encoder, encode_text=args.encode_text
@@ -141,9 +131,27 @@ def convert(argv: Sequence[str] | None = None) -> Path:
     )
 
 
+def read_inputs(
+    paths: Sequence[Path], labels: Sequence[str] | None, require_labels: bool
+) -> list[JsonlDialogue]:
+    """The dialogues of every file, in order; a dialogue id may appear once in all of them."""
+    dialogues: list[JsonlDialogue] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        for dialogue in read_jsonl(path, labels, require_labels=require_labels):
+            if dialogue.id in seen:
+                raise JsonlError(
+                    f"{dialogue.source}, dialogue {dialogue.id!r}: field 'id' repeats "
+                    f"{seen[dialogue.id]}"
+                )
+            seen[dialogue.id] = dialogue.source
+            dialogues.append(dialogue)
+    return dialogues
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main(convert, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

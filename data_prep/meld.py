@@ -5,6 +5,7 @@ python -m data_prep.meld --csv-dir /path/to/MELD --task emotion --out runs/data/
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from corect.data.format import SPLITS, DialogueRecord, label_index
+from corect.data.dataset import DialogueRecord, label_index
+from corect.data.format import SPLITS
 from data_prep.options import (
     ConversionError,
     add_output_argument,
@@ -240,7 +242,7 @@ def opensmile_features(
     return out
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     from data_prep.audio_features import DEFAULT_CACHE_DIR, DEFAULT_FEATURE_SET, FEATURE_SETS
 
     parser = make_parser("python -m data_prep.meld", DESCRIPTION)
@@ -289,11 +291,30 @@ def convert(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     out = args.out or Path(f"runs/data/meld_{args.task}")
     check_out_folder(out, args)
-    labels = TASK_LABELS[args.task]
-    index = label_index(labels)
-    column = TASK_COLUMNS[args.task]
     csvs = {split: read_meld_csv(args.csv_dir / CSV_FILES[split]) for split in SPLITS}
+    records = meld_records(csvs, args.task, args.csv_dir)
+    extra: dict[str, object] = {
+        "source": {"format": "MELD official CSVs", "csv_dir": str(args.csv_dir)},
+    }
+    encoder = text_encoder_from_args(args)
+    encoder.encode_records([r for split in SPLITS for r in records[split]])
+    extra["text_features"] = encoder.description
+    dims = {"t": encoder.dim}
+    add_audio_visual(args, csvs, records, dims, extra)
+    labels = TASK_LABELS[args.task]
+    return write_and_summarize(
+        out, name="meld", task=args.task, labels=labels, dims=dims, splits=records, extra=extra
+    )
 
+
+def meld_records(
+    csvs: dict[str, dict[int, list[MeldUtterance]]], task: str, csv_dir: Path
+) -> dict[str, list[DialogueRecord]]:
+    """Per split, one record per dialogue (named ``<split>/dia<D>``) with the labels of
+    `task`, speakers and texts; no features yet."""
+    labels = TASK_LABELS[task]
+    index = label_index(labels)
+    column = TASK_COLUMNS[task]
     records: dict[str, list[DialogueRecord]] = {}
     for split, dialogues in csvs.items():
         records[split] = []
@@ -303,7 +324,7 @@ def convert(argv: Sequence[str] | None = None) -> Path:
                 value = getattr(u, column.lower())
                 if value not in index:
                     raise ConversionError(
-                        f"{args.csv_dir / CSV_FILES[split]}, line {u.line}: dialogue "
+                        f"{csv_dir / CSV_FILES[split]}, line {u.line}: dialogue "
                         f"dia{dialogue}: column {column!r} is {value!r}, not one of "
                         f"{', '.join(labels)}"
                     )
@@ -317,16 +338,18 @@ def convert(argv: Sequence[str] | None = None) -> Path:
                     [u.text for u in utterances],
                 )
             )
+    return records
 
-    extra: dict[str, object] = {
-        "source": {"format": "MELD official CSVs", "csv_dir": str(args.csv_dir)},
-    }
-    encoder = text_encoder_from_args(args)
-    all_records = [r for split in SPLITS for r in records[split]]
-    encoder.encode_records(all_records)
-    extra["text_features"] = encoder.description
-    dims = {"t": encoder.dim}
 
+def add_audio_visual(
+    args: argparse.Namespace,
+    csvs: dict[str, dict[int, list[MeldUtterance]]],
+    records: dict[str, list[DialogueRecord]],
+    dims: dict[str, int],
+    extra: dict[str, object],
+) -> None:
+    """Add the audio and visual features the options ask for to every record, their dims
+    to `dims` and their provenance to the manifest's `extra`."""
     extractor = None
     if args.audio_root is not None:
         from data_prep.audio_features import AudioFeatureExtractor
@@ -349,13 +372,9 @@ def convert(argv: Sequence[str] | None = None) -> Path:
                 arrays = feature_dir_features(root, split, csvs[split], option)
             for record, dialogue in zip(records[split], csvs[split], strict=True):
                 record.features[letter] = arrays[dialogue]
-        dims[letter] = next(r.features[letter].shape[1] for r in all_records)
+        dims[letter] = next(r.features[letter].shape[1] for split in SPLITS for r in records[split])
         if option != "--audio-root":
             extra[f"{'audio' if letter == 'a' else 'visual'}_features"] = {"dir": str(root)}
-
-    return write_and_summarize(
-        out, name="meld", task=args.task, labels=labels, dims=dims, splits=records, extra=extra
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,8 @@ python -m data_prep.mosei mosei_features.pkl --task 2class --out runs/data/mosei
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +40,7 @@ video id to a per-utterance list. Labels are class ids: 2class = negative, posit
 """
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = make_parser("python -m data_prep.mosei", DESCRIPTION)
     add_release_arguments(parser, "mosei", TASK_LABELS)
     parser.add_argument(
@@ -73,4 +75,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from corect.common.files import inside
-from corect.data.format import SPLITS, DialogueRecord, load_dataset, write_dataset
+from corect.data.dataset import DialogueRecord
+from corect.data.format import SPLITS, load_dataset, write_dataset
 from corect.data.manifest import dataset_refusal
 from data_prep.options import MODALITY_NAMES, ConversionError
 

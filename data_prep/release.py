@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from corect.data.format import DialogueRecord
+from corect.data.dataset import DialogueRecord
 from data_prep.options import (
     MODALITY_NAMES,
     ConversionError,
@@ -208,22 +208,7 @@ def release_records(
             _label_value(v, f"{where}, utterance {k}", label_offset, num_labels, label_hint)
             for k, v in enumerate(raw_labels)
         ]
-        features = {}
-        for m in modalities:
-            field = MODALITY_NAMES[m]
-            if vid not in release.features[m]:
-                raise ConversionError(f"{where}: field {field!r} has no entry for this dialogue")
-            try:
-                array = np.asarray(release.features[m][vid], dtype=np.float32)
-            except (TypeError, ValueError) as err:
-                raise ConversionError(f"{where}: field {field!r} is not numeric: {err}") from err
-            if array.ndim != 2 or array.shape[0] != length:
-                raise ConversionError(
-                    f"{where}: field {field!r} has shape {array.shape}, expected ({length}, dim)"
-                )
-            if not np.isfinite(array).all():
-                raise ConversionError(f"{where}: field {field!r} has NaN or inf")
-            features[m] = array
+        features = {m: _release_features(release, vid, m, length, where) for m in modalities}
         sentences = release.sentences.get(vid)
         texts = None
         if sentences is not None:
@@ -237,6 +222,26 @@ def release_records(
             ]
         records.append(DialogueRecord(str(vid), speakers, labels, features, texts))
     return records
+
+
+def _release_features(
+    release: FeatureRelease, vid: Any, modality: str, length: int, where: str
+) -> np.ndarray:
+    """The [length, dim] float32 features of `modality` for dialogue `vid`, checked."""
+    field = MODALITY_NAMES[modality]
+    if vid not in release.features[modality]:
+        raise ConversionError(f"{where}: field {field!r} has no entry for this dialogue")
+    try:
+        array = np.asarray(release.features[modality][vid], dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"{where}: field {field!r} is not numeric: {err}") from err
+    if array.ndim != 2 or array.shape[0] != length:
+        raise ConversionError(
+            f"{where}: field {field!r} has shape {array.shape}, expected ({length}, dim)"
+        )
+    if not np.isfinite(array).all():
+        raise ConversionError(f"{where}: field {field!r} has NaN or inf")
+    return array
 
 
 def add_release_arguments(

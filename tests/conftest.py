@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from corect.config import Config, SyntheticConfig, config_from_dict
-from corect.data.format import SplitData, party_indices
+from corect.data.dataset import SplitData, party_indices
 
 TINY_DIMS = {"t": 8, "a": 6, "v": 5}
 

@@ -7,16 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from corect.benchmark import (
-    DEFAULT_MODELS,
-    MODES,
-    VARIANTS,
-    is_reference,
-    main,
-    run_benchmark,
-)
-from corect.config import Config, ConfigError, save_config
+from corect.benchmark import main
+from corect.config import MODES, Config, ConfigError, save_config
+from corect.experiments.benchmark import DEFAULT_MODELS, run_benchmark, run_config
 from corect.experiments.runner import mean_std
+from corect.models.registry import VARIANTS, is_reference
 
 
 def fake_train(config: Config) -> Path:
@@ -42,8 +37,6 @@ def fake_train(config: Config) -> Path:
 
 
 def test_every_model_name_maps_to_a_valid_config(tmp_path: Path) -> None:
-    from corect.benchmark import run_config
-
     for name in VARIANTS:
         config = run_config(None, ["train.epochs=1"], name, 3, tmp_path)
         assert config.train.seed == 3 and config.train.run_name == f"{name}-seed3"
@@ -115,6 +108,19 @@ def test_both_modes_side_by_side(tmp_path: Path) -> None:
         run_benchmark(None, ["early"], [1], [], tmp_path, train_fn=fake_train, modes=["online"])
 
 
+def test_default_output_is_a_new_folder_under_the_runs_dir(tmp_path: Path) -> None:
+    runs = [f"train.runs_dir={tmp_path}"]
+    first = run_benchmark(None, ["early"], [1], runs, train_fn=fake_train)
+    second = run_benchmark(None, ["early"], [1], runs, train_fn=fake_train)
+    assert first.out_dir.parent == second.out_dir.parent == tmp_path / "benchmarks"
+    assert first.out_dir != second.out_dir  # never a second benchmark in a first one's folder
+    assert first.out_dir.name.startswith("synthetic-")
+    assert (first.out_dir / "runs" / "early-seed1" / "metrics.json").is_file()
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        run_benchmark(None, ["nope"], [1], runs, train_fn=fake_train)
+    assert len(list((tmp_path / "benchmarks").iterdir())) == 2  # none made for a bad plan
+
+
 def test_references() -> None:
     assert is_reference("corect-context-free") and is_reference("context")
     assert is_reference("context-gated") and not is_reference("corect")
@@ -176,7 +182,7 @@ def test_mean_std() -> None:
     assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2**0.5)}
 
 
-def test_end_to_end_tiny_synthetic(tmp_path: Path) -> None:
+def test_end_to_end_tiny_synthetic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
     code = main(
         [
@@ -204,6 +210,7 @@ def test_end_to_end_tiny_synthetic(tmp_path: Path) -> None:
         ]
     )
     assert code == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)  # the folder last
     data = json.loads((out / "results.json").read_text())
     assert data["complete"] is True
     for model in ("corect", "early"):

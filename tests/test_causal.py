@@ -14,7 +14,7 @@ import torch
 
 from corect.config import config_from_dict
 from corect.data.batching import collate
-from corect.data.format import SplitData, party_indices
+from corect.data.dataset import SplitData, party_indices
 from corect.models.build import build_model
 from corect.models.fusion import FUSION_NAMES
 from tests.conftest import TINY_DIMS, make_split, off_scale_statistics

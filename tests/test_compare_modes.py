@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from corect.compare_modes import compare, main
+from corect.compare_modes import main
+from corect.experiments.compare import compare
 from tests.conftest import TINY_DIMS
 
 
@@ -63,7 +64,7 @@ def test_compare_trains_both_modes_and_reloads(tmp_path: Path, capsys) -> None:
         ["--runs", str(offline), "--causal-runs", str(causal), "--out", str(tmp_path / "c")]
     )
     assert code == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "c" / "results.md")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "c")
     again = json.loads((tmp_path / "c" / "results.json").read_text())
     assert again["rows"]["weighted_f1"] == data["rows"]["weighted_f1"]
 

@@ -9,13 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from corect.data.format import (
-    DatasetError,
-    DialogueRecord,
-    load_dataset,
-    party_indices,
-    write_dataset,
-)
+from corect.data.dataset import DialogueRecord, party_indices
+from corect.data.format import DatasetError, load_dataset, write_dataset
 
 
 def records(rng, n_dialogues=3, dims=None, prefix="d"):

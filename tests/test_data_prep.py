@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from corect.data.format import Dataset, load_dataset
+from corect.data.dataset import Dataset
+from corect.data.format import load_dataset
+from corect.data.jsonl import JsonlError, dialogue_records, read_jsonl
 from corect.data.text_encoder import TextEncoder
 from data_prep import iemocap, jsonl, meld, mosei
-from data_prep.jsonl import JsonlError, dialogue_records, read_jsonl
 from data_prep.options import ConversionError, parse_modalities
 from data_prep.output import dev_from_train, summary_text
 

@@ -13,15 +13,16 @@ from safetensors.torch import load_file
 
 from corect.common.errors import InputError
 from corect.common.metrics import classification_metrics
-from corect.data.format import DialogueRecord, write_dataset
-from corect.data.text_encoder import (
-    RECORD_FILE,
-    TextEncoder,
-    TextModelError,
-    context_inputs,
-)
+from corect.data.dataset import DialogueRecord
+from corect.data.format import write_dataset
+from corect.data.text_encoder import TextEncoder
+from corect.data.text_model import RECORD_FILE, TextModelError, context_inputs
+from corect.engine.losses import class_weights
 from data_prep import finetune_text as ft
-from data_prep import text_finetuning as tf
+from data_prep.finetuning import saving
+from data_prep.finetuning.config import FinetuneConfig
+from data_prep.finetuning.run import FinetuneResult, finetune
+from data_prep.finetuning.utterances import length_batches
 from data_prep.options import ConversionError
 
 LABELS = ["joy", "sadness", "neutral"]
@@ -80,9 +81,9 @@ def data(tmp_path_factory) -> Path:
     return tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
-def run(data: Path, base: Path, out: Path, **settings) -> tf.FinetuneResult:
+def run(data: Path, base: Path, out: Path, **settings) -> FinetuneResult:
     values = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "progress": False, **settings}
-    return tf.finetune(tf.FinetuneConfig(data=data, out=out, model=base, **values))
+    return finetune(FinetuneConfig(data=data, out=out, model=base, **values))
 
 
 def features(model: Path, texts, speakers=None) -> np.ndarray:
@@ -102,12 +103,12 @@ def split_texts(data: Path, split: str) -> tuple[list[list[str]], list[list[str]
 
 
 @pytest.fixture(scope="module")
-def full_model(tmp_path_factory, data, base) -> tf.FinetuneResult:
+def full_model(tmp_path_factory, data, base) -> FinetuneResult:
     return run(data, base, tmp_path_factory.mktemp("full") / "model", mode="full")
 
 
 @pytest.fixture(scope="module")
-def context_model(tmp_path_factory, data, base) -> tf.FinetuneResult:
+def context_model(tmp_path_factory, data, base) -> FinetuneResult:
     out = tmp_path_factory.mktemp("ctx") / "model"
     return run(data, base, out, mode="full", context=2)
 
@@ -263,7 +264,7 @@ def test_interrupted_save_keeps_the_previous_model(full_model, data, base, tmp_p
         Path(path).write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tf, "save_file", interrupted)
+    monkeypatch.setattr(saving, "save_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(data, base, out, mode="full", epochs=1, max_steps=1)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
@@ -295,12 +296,12 @@ def test_bad_input_names_the_file_and_field(data, base, tmp_path, capsys):
 
 
 def test_class_weights_and_length_batches():
-    weights = tf.class_weights([0, 0, 0, 1], 3, "balanced")
+    weights = class_weights([0, 0, 0, 1], 3, "balanced")
     assert weights.tolist() == pytest.approx([4 / 9, 4 / 3, 1.0])
-    assert tf.class_weights([0, 1], 2, "none") is None
-    assert tf.class_weights([0, 0, 0, 1], 3, "sqrt")[1] == pytest.approx((4 / 3) ** 0.5)
+    assert class_weights([0, 1], 2, "none") is None
+    assert class_weights([0, 0, 0, 1], 3, "sqrt")[1] == pytest.approx((4 / 3) ** 0.5)
     lengths = [7, 3, 9, 1, 4, 4, 8, 2, 6, 5]
-    batches = tf.length_batches(lengths, 3, torch.Generator().manual_seed(0), pool=10)
+    batches = length_batches(lengths, 3, torch.Generator().manual_seed(0), pool=10)
     assert sorted(i for b in batches for i in b) == list(range(10))
     spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
     # Batches do not overlap in length.
@@ -317,8 +318,8 @@ def test_help_explains_the_modes(capsys):
 
 def test_stream_builds_the_same_context_inputs(context_model):
     from corect.config import config_from_dict
+    from corect.inference.recognizer import StreamingRecognizer
     from corect.models.build import build_model
-    from corect.stream import StreamingRecognizer
 
     encoder = TextEncoder(context_model.out, cache_dir=None, progress=False)
     config = config_from_dict(

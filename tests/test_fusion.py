@@ -9,7 +9,7 @@ import torch
 
 from corect.config import ModelConfig
 from corect.data.batching import Batch, collate
-from corect.data.format import SplitData, party_indices
+from corect.data.dataset import SplitData, party_indices
 from corect.models.baselines import FusionModel, build_fusion_model
 from corect.models.build import build_model
 from corect.models.fusion import FUSION_NAMES, GatedFusion, LateHead

@@ -13,7 +13,7 @@ import torch
 
 from corect.config import MODEL_NAMES, config_from_dict
 from corect.data.batching import collate, iterate_batches
-from corect.data.format import SplitData, party_indices
+from corect.data.dataset import SplitData, party_indices
 from corect.models.build import build_model
 from corect.models.encoders import InputNormalizer
 

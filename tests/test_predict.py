@@ -10,10 +10,11 @@ import torch
 
 from corect.config import config_from_dict
 from corect.data.batching import collate
-from corect.data.format import DialogueRecord
-from corect.engine.runs import load_run
+from corect.data.dataset import DialogueRecord
+from corect.engine.checkpoints import load_run
 from corect.inference.inputs import PredictError, split_from_records
-from corect.predict import main, predict_file
+from corect.inference.predictions import predict_file
+from corect.predict import main
 from corect.train import train
 from tests.conftest import TINY_DIMS
 

@@ -15,11 +15,11 @@ import torch
 import yaml
 
 import corect
-from corect.benchmark import run_benchmark
-from corect.compare_modes import compare
 from corect.config import Config, load_config
 from corect.experiments.backends import RayBackend, start_ray
-from corect.tune import run_tune
+from corect.experiments.benchmark import run_benchmark
+from corect.experiments.compare import compare
+from corect.experiments.tuning import run_tune
 from tests.conftest import TINY_DIMS
 from tests.test_benchmark import fake_train
 

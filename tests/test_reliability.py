@@ -23,11 +23,18 @@ from corect.common.errors import InputError
 from corect.common.files import HOST, atomic_directory, recover
 from corect.config import ConfigError, SyntheticConfig, load_config
 from corect.data import format as format_module
-from corect.data.format import DatasetError, DialogueRecord, load_dataset, write_dataset
+from corect.data.dataset import DialogueRecord
+from corect.data.format import DatasetError, load_dataset, write_dataset
 from corect.data.jsonl import JsonlError
 from corect.data.synthetic import ensure_synthetic_dataset
-from corect.engine.runs import CheckpointError, load_checkpoint, run_status, write_run_status
-from corect.engine.training import DivergedError, abandon_run, train
+from corect.engine.checkpoints import (
+    CheckpointError,
+    abandon_run,
+    load_checkpoint,
+    run_status,
+    write_run_status,
+)
+from corect.engine.training import DivergedError, train
 from data_prep import jsonl as jsonl_converter
 from data_prep.options import ConversionError
 from data_prep.release import read_feature_release
@@ -435,7 +442,8 @@ KILLED_WRITER = """
 import os, sys
 from pathlib import Path
 import numpy as np
-from corect.data.format import DialogueRecord, write_dataset
+from corect.data.dataset import DialogueRecord
+from corect.data.format import write_dataset
 renames = []
 original = Path.rename
 def rename(self, target):

@@ -41,3 +41,11 @@ def test_speed_reports_a_bad_override(tmp_path, capsys):
     assert speed.main(["--out", str(tmp_path), "--set", "model.hidden_size=-3"]) == 2
     assert "model.hidden_size" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_speed_writes_under_the_runs_dir_by_default(tmp_path, capsys):
+    overrides = [*TINY, f"data.cache_dir={tmp_path / 'cache'}", f"train.runs_dir={tmp_path}"]
+    args = ["--modalities", "t", "--epochs", "1", "--device", "cpu", "--set", *overrides]
+    assert speed.main(args) == 0
+    (path,) = (tmp_path / "speed").glob("*.json")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(path)

@@ -10,11 +10,12 @@ import torch
 
 from corect.config import ConfigError, config_from_dict
 from corect.data.batching import collate
-from corect.data.format import DialogueRecord
+from corect.data.dataset import DialogueRecord
 from corect.inference.inputs import PredictError, split_from_records
+from corect.inference.recognizer import StreamingRecognizer
 from corect.models.build import build_model
 from corect.models.fusion import FUSION_NAMES
-from corect.stream import StreamingRecognizer, main
+from corect.stream import main
 from tests.conftest import TINY_DIMS, off_scale_statistics
 from tests.test_causal import train_briefly
 from tests.test_predict import tiny_run
@@ -206,9 +207,9 @@ class Stepped(Wrapped):
     def init_cache(self):
         return {"inner": self.inner.init_cache(), "pushes": 0}
 
-    def step(self, features, party, position, cache):
+    def step(self, features, cache, *, party, position):
         cache["pushes"] += 1
-        return self.inner.step(features, party, position, cache["inner"])
+        return self.inner.step(features, cache["inner"], party=party, position=position)
 
 
 def test_any_model_with_a_step_streams_through_it() -> None:
@@ -217,3 +218,36 @@ def test_any_model_with_a_step_streams_through_it() -> None:
     assert stepped.bounded
     assert_stream_equals_batch(stepped)
     assert stepped.cache["pushes"] == len(SPEAKERS)
+
+
+def test_every_step_has_one_shape() -> None:
+    """Every causal layer and model: ``step(x, cache, *, extras)`` beside ``init_cache``
+    (and a model's ``step_parts`` the same way)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import corect.models
+
+    def is_step(name: str) -> bool:  # public steps only (not a layer's private helpers)
+        return name == "step" or name.startswith("step_") or name == "stacked_step"
+
+    steps = []
+    for info in pkgutil.iter_modules(corect.models.__path__):
+        module = importlib.import_module(f"corect.models.{info.name}")
+        for _, value in inspect.getmembers(module):
+            if getattr(value, "__module__", None) != module.__name__:
+                continue
+            if inspect.isclass(value):
+                methods = [f for n, f in vars(value).items() if is_step(n)]
+                assert not methods or callable(getattr(value, "init_cache", None)), value
+                steps += methods
+            elif inspect.isfunction(value) and is_step(value.__name__):
+                steps.append(value)
+    assert len(steps) >= 10
+    for step in steps:
+        params = list(inspect.signature(step).parameters.values())
+        if params[0].name == "self":
+            params = params[1:]
+        assert params[1].name == "cache", step
+        assert {p.kind for p in params[2:]} <= {inspect.Parameter.KEYWORD_ONLY}, step

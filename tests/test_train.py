@@ -92,7 +92,7 @@ def test_config_errors_name_the_key(overrides, message):
 
 @pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_optimizer_is_the_fused_kernel_with_the_configured_settings(name, cls):
-    from corect.train import build_optimizer
+    from corect.engine.training import build_optimizer
 
     config = load_config(None, [f"train.optimizer={name}", "train.lr=0.001"])
     model = torch.nn.Linear(3, 2)

@@ -303,7 +303,7 @@ def modes_figure(
 def latency_figure(rows: Sequence[Mapping[str, float]], title: str) -> Figure:
     """Median and p99 milliseconds per utterance against the position in the dialogue:
     the streaming recognizer (one push) and, where measured, the batch model rerun on the
-    whole history (rows of ``corect.stream.bench``)."""
+    whole history (rows of :func:`corect.inference.latency.bench`)."""
     figure = new_figure(7.5, 4.6)
     ax = figure.add_subplot()
     x = [r["position"] for r in rows]

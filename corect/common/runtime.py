@@ -2,8 +2,8 @@
 
 - :func:`setup_logging`: the package log ("corect") on stderr, once;
 - :func:`seed_everything`: Python, NumPy and torch seeded from one number;
-- :func:`select_device` and :func:`autocast`: the device (``auto`` = CUDA when present)
-  and mixed precision on CUDA;
+- :func:`select_device`, :func:`autocast` and :func:`grad_scaler`: the device (``auto`` =
+  CUDA when present) and mixed precision on CUDA;
 - :func:`timestamp`: the date-time every output folder is named with;
 - :func:`keep_freed_memory`: faster CPU training (changes no result).
 """
@@ -86,6 +86,13 @@ def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
     use = enabled and device.type == "cuda"
     dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=use)
+
+
+def grad_scaler(device: torch.device, enabled: bool = True) -> torch.amp.GradScaler:
+    """Loss scaling for the float16 autocast of :func:`autocast` (CUDA without bfloat16);
+    a no-op otherwise."""
+    use = enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return torch.amp.GradScaler("cuda", enabled=use)
 
 
 def timestamp() -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from corect.data.format import SplitData
+from corect.data.dataset import SplitData
 
 BUCKET_POOL = 5  # batches per length-sorted pool when bucketing
 

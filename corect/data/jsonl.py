@@ -8,7 +8,7 @@ Each line::
                      "features": {"audio": [0.1, 0.2], "visual": [0.3]}}, ...]}
 
 :func:`read_jsonl` checks every field; :func:`dialogue_records` turns dialogues into
-:class:`~corect.data.format.DialogueRecord` (``require_labels=False`` gives label -1 where
+:class:`~corect.data.dataset.DialogueRecord` (``require_labels=False`` gives label -1 where
 none is given).
 """
 
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from corect.common.errors import InputError
-from corect.data.format import SPLITS, DialogueRecord, label_index
+from corect.data.dataset import DialogueRecord, label_index
+from corect.data.format import SPLITS
 
 if TYPE_CHECKING:
     from corect.data.text_encoder import TextEncoder
@@ -214,6 +215,17 @@ def collect_label_names(dialogues: Iterable[JsonlDialogue]) -> list[str]:
     return sorted({label for d in dialogues for label in d.labels if label is not None})
 
 
+def encodes_text(
+    dialogues: Sequence[JsonlDialogue], modalities: str, encode_text: bool = False
+) -> bool:
+    """Whether the text features (modality t) come from the text encoder on ``text``:
+    when asked (`encode_text`), or when the input gives no ``features.text`` at all (an
+    input that gives some must give them for every utterance)."""
+    return "t" in modalities and (
+        encode_text or not any("t" in f for d in dialogues for f in d.features)
+    )
+
+
 def dialogue_records(
     dialogues: Sequence[JsonlDialogue],
     label_names: Sequence[str],
@@ -227,56 +239,73 @@ def dialogue_records(
     every utterance must), else `text_encoder` on the texts; with `encode_text`, always
     `text_encoder` on the texts (given ``features.text`` are ignored)."""
     index = label_index(label_names)
-    records = []
-    for d in dialogues:
-        where = f"{d.source}, dialogue {d.id!r}"
-        labels = []
-        for k, label in enumerate(d.labels):
-            if label is not None and label not in index:
-                raise JsonlError(
-                    f"{where}, utterance {k}: field 'label' is {label!r}, not one of "
-                    f"{', '.join(label_names)}"
-                )
-            labels.append(index[label] if label is not None else -1)
-        records.append(DialogueRecord(d.id, list(d.speakers), labels, {}, None))
-        if all(t is not None for t in d.texts):
-            records[-1].texts = [t or "" for t in d.texts]
-
-    # Text features: all given in the input, or none given and computed from 'text'.
-    encode_text = "t" in modalities and (
-        encode_text or not any("t" in f for d in dialogues for f in d.features)
-    )
+    records = [_labelled_record(d, index, label_names) for d in dialogues]
+    encode_text = encodes_text(dialogues, modalities, encode_text)
     for m in modalities:
-        if m == "t" and encode_text:
-            continue
-        for d, record in zip(dialogues, records, strict=True):
-            for k, features in enumerate(d.features):
-                if m not in features:
-                    hint = (
-                        "; give it for every utterance, or for none (then it is computed "
-                        "from 'text')"
-                        if m == "t"
-                        else f"; modality {m} was requested"
-                    )
-                    raise JsonlError(
-                        f"{d.source}, dialogue {d.id!r}, utterance {k}: field "
-                        f"{MODALITY_FIELD[m]!r} is missing{hint}"
-                    )
-            record.features[m] = np.stack([f[m] for f in d.features])
-
+        if not (m == "t" and encode_text):
+            _add_given_features(dialogues, records, m)
     if encode_text:
-        for d in dialogues:
-            for k, text in enumerate(d.texts):
-                if text is None:
-                    raise JsonlError(
-                        f"{d.source}, dialogue {d.id!r}, utterance {k}: field 'text' is "
-                        "missing, needed for text features (modality t)"
-                    )
-        if text_encoder is None:
-            raise ValueError("dialogue_records: modality t needs a text_encoder")
-        vectors = text_encoder.encode_dialogues(
-            [[t or "" for t in d.texts] for d in dialogues], [d.speakers for d in dialogues]
-        )
-        for record, array in zip(records, vectors, strict=True):
-            record.features["t"] = array
+        _add_encoded_texts(dialogues, records, text_encoder)
     return records
+
+
+def _labelled_record(
+    dialogue: JsonlDialogue, index: dict[str, int], label_names: Sequence[str]
+) -> DialogueRecord:
+    """The record of `dialogue` without features: labels as indices, texts when every
+    utterance has one."""
+    labels = []
+    for k, label in enumerate(dialogue.labels):
+        if label is not None and label not in index:
+            raise JsonlError(
+                f"{dialogue.source}, dialogue {dialogue.id!r}, utterance {k}: field 'label' "
+                f"is {label!r}, not one of {', '.join(label_names)}"
+            )
+        labels.append(index[label] if label is not None else -1)
+    record = DialogueRecord(dialogue.id, list(dialogue.speakers), labels, {}, None)
+    if all(t is not None for t in dialogue.texts):
+        record.texts = [t or "" for t in dialogue.texts]
+    return record
+
+
+def _add_given_features(
+    dialogues: Sequence[JsonlDialogue], records: Sequence[DialogueRecord], modality: str
+) -> None:
+    """Set the features of `modality` of every record from the input, which must give
+    them for every utterance."""
+    for d, record in zip(dialogues, records, strict=True):
+        for k, features in enumerate(d.features):
+            if modality not in features:
+                hint = (
+                    "; give it for every utterance, or for none (then it is computed from 'text')"
+                    if modality == "t"
+                    else f"; modality {modality} was requested"
+                )
+                raise JsonlError(
+                    f"{d.source}, dialogue {d.id!r}, utterance {k}: field "
+                    f"{MODALITY_FIELD[modality]!r} is missing{hint}"
+                )
+        record.features[modality] = np.stack([f[modality] for f in d.features])
+
+
+def _add_encoded_texts(
+    dialogues: Sequence[JsonlDialogue],
+    records: Sequence[DialogueRecord],
+    text_encoder: TextEncoder | None,
+) -> None:
+    """Set the text features of every record from `text_encoder` on its texts (with the
+    speakers, for a model fine-tuned with past context); every utterance needs a text."""
+    for d in dialogues:
+        for k, text in enumerate(d.texts):
+            if text is None:
+                raise JsonlError(
+                    f"{d.source}, dialogue {d.id!r}, utterance {k}: field 'text' is "
+                    "missing, needed for text features (modality t)"
+                )
+    if text_encoder is None:
+        raise ValueError("dialogue_records: modality t needs a text_encoder")
+    vectors = text_encoder.encode_dialogues(
+        [[t or "" for t in d.texts] for d in dialogues], [d.speakers for d in dialogues]
+    )
+    for record, array in zip(records, vectors, strict=True):
+        record.features["t"] = array

@@ -81,7 +81,8 @@ from pathlib import Path
 import numpy as np
 
 from corect.config import SyntheticConfig
-from corect.data.format import DialogueRecord, write_dataset
+from corect.data.dataset import DialogueRecord
+from corect.data.format import write_dataset
 
 LABELS = ["sad", "angry", "neutral", "frustrated", "happy", "excited"]
 VALENCE = np.array([0, 0, 1, 1, 2, 2])  # neg, neu, pos

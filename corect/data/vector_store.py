@@ -1,7 +1,9 @@
-"""An on-disk cache of vectors keyed by sha256 digests (text features, audio features)."""
+"""An on-disk cache of vectors keyed by sha256 digests (text features, audio features),
+and the digest of a file's bytes that such keys (and model identities) are made of."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,6 +13,16 @@ from safetensors.torch import load_file, save_file
 
 from corect.common.errors import InputError
 from corect.common.files import atomic_target
+
+
+def hash_file(path: Path, digest: hashlib._Hash | None = None) -> hashlib._Hash:
+    """`digest` (a new sha256 when None) updated with the bytes of `path`, read in 1 MiB
+    blocks."""
+    digest = hashlib.sha256() if digest is None else digest
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest
 
 
 class VectorCache:

@@ -1,4 +1,11 @@
-"""Training and scoring: the training loop (:mod:`~corect.engine.training`), the train
-step, checkpoints and scoring of a run (:mod:`~corect.engine.runs`), and the per-part
-diagnostics of a trained CORECT (:mod:`~corect.engine.diagnostics`).
+"""Training and scoring, one module each:
+
+- :mod:`~corect.engine.training`: the training loop and its step (``train``, ``fit``,
+  ``train_epoch``, ``train_step``, ``score_dev``, ``finish_run``), read top to bottom;
+- :mod:`~corect.engine.reports`: what a run logs while it trains (log lines, TensorBoard);
+- :mod:`~corect.engine.checkpoints`: a run on disk: its folder, data and model, checkpoint
+  and status (``run.json``);
+- :mod:`~corect.engine.scoring`: predictions on a split and a trained run scored again;
+- :mod:`~corect.engine.losses`: class weights for the loss;
+- :mod:`~corect.engine.diagnostics`: what each part of a trained CORECT does.
 """

@@ -16,7 +16,8 @@ RT-GCN, P-CM's cross-modal and fuse stacks, the head):
 - ``ablation`` (CORECT): the split's accuracy when one block of the head's input (encoder
   skip, RT-GCN, P-CM) is replaced by its mean over the split: what the classifier uses.
 
-Dialogues are fed one at a time (no padding), in evaluation mode.
+Dialogues are fed one at a time (no padding), in evaluation mode. :func:`diagnose_run`
+does it for a run directory (``python -m corect.diagnose``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,8 +34,11 @@ from torch import nn
 from torch_geometric.nn import RGCNConv, TransformerConv
 from torch_geometric.utils import scatter
 
+from corect.common.files import write_json_atomic
+from corect.common.runtime import seed_everything
 from corect.data.batching import iterate_batches
-from corect.data.format import SplitData
+from corect.data.dataset import SplitData
+from corect.engine.checkpoints import check_run_data, load_data, load_run, model_for
 from corect.models.attention import AttentionBlock
 
 
@@ -224,3 +229,16 @@ def diagnose(model: nn.Module, initial: nn.Module, split: SplitData) -> dict[str
         },
         "ablation": head_ablation(model, split),
     }
+
+
+def diagnose_run(run_dir: str | Path, split: str = "dev") -> dict[str, Any]:
+    """:func:`diagnose` for a run's best checkpoint against its initial weights (rebuilt
+    from the run's seed), on CPU; also written to ``RUN_DIR/diagnose-<split>.json``."""
+    config, model, checkpoint = load_run(run_dir, "cpu")
+    dataset = load_data(config)
+    check_run_data(run_dir, checkpoint, dataset)
+    seed_everything(config.train.seed)  # as corect.engine.training.train, before the model
+    initial = model_for(config, dataset)
+    results = diagnose(model, initial, dataset.splits[split])
+    write_json_atomic(Path(run_dir) / f"diagnose-{split}.json", results)
+    return results

@@ -1,12 +1,13 @@
-"""Training one run (the loop behind ``python -m corect.train``, ``benchmark`` and
-``compare_modes``).
+"""The training loop and its step (behind ``python -m corect.train``, ``benchmark``,
+``compare_modes`` and ``tune``).
 
-Reads top to bottom: load the config and data, build the model, then for each epoch
-train (:func:`corect.engine.runs.train_step`), score dev, step the scheduler, keep the best
-checkpoint by dev weighted F1, stop early when dev stops improving; finally reload the
-best checkpoint, score dev and test, and write everything into a run directory (a
-non-finite loss stops the run with :class:`DivergedError`; a failed run's folder is
-marked failed, or removed when it holds no checkpoint yet)::
+Reads top to bottom: :func:`train` loads the data, builds the model and makes the run
+directory; :func:`fit` runs the epochs: :func:`train_epoch` (one :func:`train_step` per
+batch), :func:`score_dev`, the scheduler, the best checkpoint kept by dev weighted F1,
+:func:`log_epoch`, early stopping; then :func:`finish_run` reloads the best checkpoint,
+scores dev and test, and writes the results. A non-finite loss stops the run with
+:class:`DivergedError`; a failed run's folder is marked failed, or removed when it holds
+no checkpoint yet (:func:`corect.engine.checkpoints.abandon_run`)::
 
     runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>/
         config.yaml      the resolved config
@@ -25,11 +26,11 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,25 +39,39 @@ from tqdm import tqdm
 
 from corect.common.errors import InputError
 from corect.common.files import write_json_atomic
-from corect.common.metrics import classification_metrics
-from corect.common.runtime import seed_everything, select_device, setup_logging, timestamp
-from corect.config import Config, save_config
-from corect.data.batching import iterate_batches, num_batches
-from corect.data.format import Dataset
-from corect.engine.losses import class_weights
-from corect.engine.runs import (
-    CHECKPOINT,
-    RUN_STATUS,
-    build_optimizer,
-    evaluate_split,
+from corect.common.metrics import SCORES, classification_metrics
+from corect.common.runtime import (
+    autocast,
     grad_scaler,
+    seed_everything,
+    select_device,
+    setup_logging,
+)
+from corect.config import Config, save_config
+from corect.data.batching import (
+    Batch,
+    drop_modalities,
+    drop_utterances,
+    iterate_batches,
+    num_batches,
+)
+from corect.data.dataset import Dataset
+from corect.engine.checkpoints import (
+    CHECKPOINT,
+    abandon_run,
     load_checkpoint,
     load_data,
     model_for,
+    run_directory,
     save_checkpoint,
-    train_step,
     write_run_status,
 )
+from corect.engine.losses import class_weights
+from corect.engine.reports import log_epoch, log_results, log_start
+from corect.engine.scoring import evaluate_split
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("corect")
 # Called after every epoch with its figures: epoch, train_loss, dev_loss, dev_accuracy,
@@ -66,52 +81,6 @@ EpochCallback = Callable[[dict[str, float]], None]
 
 class DivergedError(InputError):
     """Training diverged (a non-finite loss); the run is not reported."""
-
-
-def run_directory(config: Config, dataset: Dataset) -> Path:
-    """``runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>``."""
-    model = config.model.name + ("-causal" if config.model.causal else "")
-    group = (
-        Path(config.train.runs_dir)
-        / dataset.name
-        / (f"{config.data.modalities}--{dataset.task}--{model}")
-    )
-    name = config.train.run_name or (f"{timestamp()}-seed{config.train.seed}")
-    path, k = group / name, 1
-    while path.exists():
-        path, k = group / f"{name}-{k}", k + 1
-    path.mkdir(parents=True)
-    return path
-
-
-def log_confusion(
-    writer: Any,
-    run_dir: Path,
-    config: Config,
-    dataset: Dataset,
-    split: str,
-    metrics: dict[str, Any],
-    step: int,
-) -> None:
-    """The confusion matrix of `split` as a labelled figure (TensorBoard image
-    ``confusion/<split>`` and ``run_dir/confusion-<split>.png``; a failure to draw only
-    logs a warning) and as a Markdown table."""
-    from corect.common import plots
-
-    confusion, labels = metrics["confusion"], dataset.labels
-    title = plots.run_title(dataset.name, config.model.name, config.model.causal, split)
-    png = None
-    if config.train.figures:
-        png = plots.save_confusion(run_dir, split, confusion, labels, title)
-    if png is not None:
-        with plots.never_fatal(f"the {split} confusion matrix in TensorBoard"):
-            writer.add_image(f"confusion/{split}", plots.png_pixels(png), step, dataformats="HWC")
-    header = "| true \\ pred | " + " | ".join(labels) + " |\n|" + "---|" * (len(labels) + 1)
-    body = "\n".join(
-        f"| {labels[i]} | " + " | ".join(str(int(x)) for x in row) + " |"
-        for i, row in enumerate(confusion)
-    )
-    writer.add_text(f"confusion/{split}", header + "\n" + body, step)
 
 
 def train(config: Config, *, on_epoch: EpochCallback | None = None, test: bool = True) -> Path:
@@ -140,34 +109,6 @@ def train(config: Config, *, on_epoch: EpochCallback | None = None, test: bool =
     return run_dir
 
 
-def abandon_run(run_dir: Path, err: BaseException) -> None:
-    """After a failure: remove a run folder that holds no checkpoint yet (nothing worth
-    keeping), else mark it failed in run.json (stopped, when it was stopped from outside:
-    Ctrl-C, or a scheduler such as Ray Tune's ASHA); an input error's message says which."""
-    stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # Ctrl-C, a scheduler (ASHA)
-    if isinstance(err, KeyboardInterrupt):
-        reason = "interrupted"
-    elif isinstance(err, SystemExit):
-        reason = f"stopped from outside (exit {err.code})"
-    else:
-        reason = str(err) or repr(err)
-    if (run_dir / CHECKPOINT).is_file():
-        status = "stopped" if stopped else "failed"
-        write_run_status(run_dir, status, error=reason)
-        note = f"the run is marked {status} in {run_dir / RUN_STATUS}"
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in (run_dir.parent, run_dir.parent.parent):  # group folders left empty
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-        note = f"its folder {run_dir} was removed (no checkpoint yet)"
-    log.info("run failed: %s; %s", reason, note)
-    if isinstance(err, InputError) and err.args:
-        err.args = (f"{err.args[0]}; {note}", *err.args[1:])
-
-
 def fit(
     config: Config,
     dataset: Dataset,
@@ -175,157 +116,193 @@ def fit(
     device: torch.device,
     generator: torch.Generator,
     run_dir: Path,
-    writer: Any,
+    writer: SummaryWriter,
     on_epoch: EpochCallback | None = None,
     test: bool = True,
 ) -> None:
     """The epochs of one run, then the best checkpoint scored on dev and test (unless
-    `test` is False; `on_epoch` gets each epoch's dev figures); writes
-    checkpoint.pt, metrics.json, the figures and TensorBoard logs into `run_dir`.
-    Raises :class:`DivergedError` on a non-finite loss."""
-    train_split, dev_split, test_split = (dataset.splits[s] for s in ("train", "dev", "test"))
-    num_parameters = sum(p.numel() for p in model.parameters())
-    log.info(
-        "%s on %s (%s, %d classes): %d train / %d dev / %d test dialogues, %s parameters, "
-        "device %s -> %s",
-        config.model.name,
-        dataset.name,
-        config.data.modalities,
-        dataset.num_classes,
-        train_split.num_dialogues,
-        dev_split.num_dialogues,
-        test_split.num_dialogues,
-        f"{num_parameters:,}",
-        device,
-        run_dir,
-    )
-
+    `test` is False; `on_epoch` gets each epoch's dev figures); writes checkpoint.pt,
+    metrics.json, the figures and TensorBoard logs into `run_dir`."""
     cfg = config.train
+    log_start(config, dataset, model, device, run_dir)
     optimizer = build_optimizer(config, model)
-    scheduler = (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience
-        )
-        if cfg.scheduler_patience >= 0
-        else None
-    )
-    kind = "balanced" if cfg.class_weights else "none"
-    weight = class_weights(train_split.labels, dataset.num_classes, kind)
-    weight = weight.to(device) if weight is not None else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, ignore_index=-1)
-    scaler = grad_scaler(config, device)
+    scheduler = build_scheduler(config, optimizer)
+    loss_fn = build_loss(config, dataset, device)
+    scaler = grad_scaler(device, config.train.amp)
 
     best_f1, best_epoch, epoch_times = -1.0, 0, []
-    checkpoint = run_dir / CHECKPOINT
     for epoch in range(1, cfg.epochs + 1):
-        # --- train one epoch ---
-        model.train()
-        start = time.perf_counter()
-        total_loss, total_count, predictions, targets = 0.0, 0, [], []
-        batches = iterate_batches(
-            train_split,
-            cfg.batch_size,
-            shuffle=True,
-            generator=generator,
-            bucket_by_length=cfg.bucket_by_length,
+        train_loss, train_metrics, seconds = train_epoch(
+            model, dataset, config, optimizer, scaler, loss_fn, generator, device, epoch
         )
-        bar = tqdm(
-            batches,
-            total=num_batches(train_split, cfg.batch_size),
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            leave=False,
-            disable=not cfg.progress,
-        )
-        for number, batch in enumerate(bar, start=1):
-            loss, logits, labels = train_step(
-                model, batch, config, optimizer, scaler, loss_fn, generator, device
-            )
-            value = loss.item()
-            if not math.isfinite(value):
-                raise DivergedError(
-                    f"training diverged: the loss is {value} at epoch {epoch}, batch {number} "
-                    f"(train.lr={cfg.lr:g}, train.grad_clip={cfg.grad_clip:g}); lower "
-                    "train.lr or set train.grad_clip"
-                )
-            count = int((labels >= 0).sum())
-            total_loss += value * count
-            total_count += count
-            predictions.append(logits.argmax(1).cpu())
-            targets.append(labels.cpu())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        epoch_times.append(time.perf_counter() - start)
-        train_metrics = classification_metrics(
-            torch.cat(targets).numpy(), torch.cat(predictions).numpy(), dataset.labels
-        )
-        train_loss = total_loss / max(total_count, 1)
-
-        # --- score dev, schedule, select ---
-        dev_metrics, dev_loss = evaluate_split(
-            model, dev_split, dataset.labels, cfg.batch_size, device, cfg.amp
-        )
-        if not math.isfinite(dev_loss) and bool((dev_split.labels >= 0).any()):
-            raise DivergedError(
-                f"training diverged: the dev loss is {dev_loss} after epoch {epoch} "
-                f"(train.lr={cfg.lr:g}); lower train.lr or set train.grad_clip"
-            )
+        epoch_times.append(seconds)
+        dev_metrics, dev_loss = score_dev(model, dataset, config, device, epoch)
         if scheduler is not None:
             scheduler.step(dev_loss)
         lr = optimizer.param_groups[0]["lr"]
         improved = dev_metrics["weighted_f1"] > best_f1
         if improved:
             best_f1, best_epoch = dev_metrics["weighted_f1"], epoch
-            save_checkpoint(checkpoint, model, config, dataset, epoch)
-        log.info(
-            "epoch %3d  train loss %.4f acc %.4f wF1 %.4f | dev loss %.4f acc %.4f wF1 %.4f "
-            "mF1 %.4f | lr %.2e | %.1fs%s",
-            epoch,
-            train_loss,
-            train_metrics["accuracy"],
-            train_metrics["weighted_f1"],
-            dev_loss,
-            dev_metrics["accuracy"],
-            dev_metrics["weighted_f1"],
-            dev_metrics["macro_f1"],
-            lr,
-            epoch_times[-1],
-            "  *best" if improved else "",
-        )
-        for split_name, metrics, loss_value in (
-            ("train", train_metrics, train_loss),
-            ("dev", dev_metrics, dev_loss),
-        ):
-            writer.add_scalar(f"loss/{split_name}", loss_value, epoch)
-            writer.add_scalar(f"accuracy/{split_name}", metrics["accuracy"], epoch)
-            writer.add_scalar(f"weighted_f1/{split_name}", metrics["weighted_f1"], epoch)
-            writer.add_scalar(f"macro_f1/{split_name}", metrics["macro_f1"], epoch)
-        for label, value in dev_metrics["per_class_f1"].items():
-            writer.add_scalar(f"class_f1_dev/{label}", value, epoch)
-        writer.add_scalar("lr", lr, epoch)
+            save_checkpoint(run_dir / CHECKPOINT, model, config, dataset, epoch)
+        record = EpochRecord(epoch, seconds, train_loss, train_metrics, dev_loss, dev_metrics, lr)
+        log_epoch(writer, record, improved)
         if on_epoch is not None:
-            on_epoch(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "dev_loss": dev_loss,
-                    **{f"dev_{k}": dev_metrics[k] for k in ("accuracy", "weighted_f1", "macro_f1")},
-                    "best_dev_weighted_f1": best_f1,
-                    "best_epoch": best_epoch,
-                    "lr": lr,
-                }
-            )
+            on_epoch(record.figures(best_f1, best_epoch))
         if cfg.early_stopping and epoch - best_epoch >= cfg.early_stopping:
             log.info("early stop: no dev weighted-F1 gain for %d epochs", cfg.early_stopping)
             break
 
-    # --- reload the best checkpoint and score it exactly as corect.evaluate does ---
+    finish_run(config, dataset, model, device, run_dir, writer, best_epoch, epoch_times, test)
+
+
+@dataclass
+class EpochRecord:
+    """One epoch's figures, as the log line, TensorBoard and ``on_epoch`` show them."""
+
+    epoch: int
+    seconds: float  # training only, scoring excluded
+    train_loss: float
+    train: dict[str, Any]  # classification_metrics of the train predictions
+    dev_loss: float
+    dev: dict[str, Any]
+    lr: float  # after the scheduler's step
+
+    def figures(self, best_f1: float, best_epoch: int) -> dict[str, float]:
+        """What ``on_epoch`` gets (see :data:`EpochCallback`)."""
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "dev_loss": self.dev_loss,
+            **{f"dev_{k}": self.dev[k] for k in SCORES},
+            "best_dev_weighted_f1": best_f1,
+            "best_epoch": best_epoch,
+            "lr": self.lr,
+        }
+
+
+def train_epoch(
+    model: nn.Module,
+    dataset: Dataset,
+    config: Config,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_fn: nn.Module,
+    generator: torch.Generator,
+    device: torch.device,
+    epoch: int,
+) -> tuple[float, dict[str, Any], float]:
+    """One pass over the train split, batches in the order `generator` draws: the mean
+    loss per labelled utterance, the metrics of the predictions made on the way, and the
+    seconds it took. Raises :class:`DivergedError` on a non-finite loss."""
+    cfg, split = config.train, dataset.splits["train"]
+    model.train()
+    start = time.perf_counter()
+    total_loss, total_count, predictions, targets = 0.0, 0, [], []
+    batches = iterate_batches(
+        split,
+        cfg.batch_size,
+        shuffle=True,
+        generator=generator,
+        bucket_by_length=cfg.bucket_by_length,
+    )
+    bar = tqdm(
+        batches,
+        total=num_batches(split, cfg.batch_size),
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        leave=False,
+        disable=not cfg.progress,
+    )
+    for number, batch in enumerate(bar, start=1):
+        loss, logits, labels = train_step(
+            model, batch, config, optimizer, scaler, loss_fn, generator, device
+        )
+        value = loss.item()
+        if not math.isfinite(value):
+            raise DivergedError(
+                f"training diverged: the loss is {value} at epoch {epoch}, batch {number} "
+                f"(train.lr={cfg.lr:g}, train.grad_clip={cfg.grad_clip:g}); lower "
+                "train.lr or set train.grad_clip"
+            )
+        count = int((labels >= 0).sum())
+        total_loss += value * count
+        total_count += count
+        predictions.append(logits.argmax(1).cpu())
+        targets.append(labels.cpu())
+        bar.set_postfix(loss=f"{value:.3f}")
+    seconds = time.perf_counter() - start
+    metrics = classification_metrics(
+        torch.cat(targets).numpy(), torch.cat(predictions).numpy(), dataset.labels
+    )
+    return total_loss / max(total_count, 1), metrics, seconds
+
+
+def train_step(
+    model: nn.Module,
+    batch: Batch,
+    config: Config,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_fn: nn.Module,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step on `batch`: modality and utterance dropout, forward under
+    autocast, loss, backward (scaled), gradient clipping, optimizer step. Returns (loss,
+    logits, labels) of the batch as it was fed (on `device`)."""
+    cfg = config.train
+    batch = drop_modalities(batch, cfg.modality_dropout, generator)
+    batch = drop_utterances(batch, cfg.utterance_dropout, generator).to(device)
+    with autocast(device, cfg.amp):
+        logits = model(batch)
+        loss = loss_fn(logits.float(), batch.labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, logits, batch.labels
+
+
+def score_dev(
+    model: nn.Module, dataset: Dataset, config: Config, device: torch.device, epoch: int
+) -> tuple[dict[str, Any], float]:
+    """Metrics and loss on dev after `epoch`; a non-finite loss on a labelled dev split
+    raises :class:`DivergedError`."""
+    cfg, dev = config.train, dataset.splits["dev"]
+    metrics, loss = evaluate_split(model, dev, dataset.labels, cfg.batch_size, device, cfg.amp)
+    if not math.isfinite(loss) and bool((dev.labels >= 0).any()):
+        raise DivergedError(
+            f"training diverged: the dev loss is {loss} after epoch {epoch} "
+            f"(train.lr={cfg.lr:g}); lower train.lr or set train.grad_clip"
+        )
+    return metrics, loss
+
+
+def finish_run(
+    config: Config,
+    dataset: Dataset,
+    model: nn.Module,
+    device: torch.device,
+    run_dir: Path,
+    writer: SummaryWriter,
+    best_epoch: int,
+    epoch_times: list[float],
+    test: bool = True,
+) -> None:
+    """Reload the best checkpoint and score it on dev (and test) exactly as
+    ``corect.evaluate`` does; write metrics.json, the confusion figures and TensorBoard's
+    hyperparameter table."""
+    cfg = config.train
     model.load_state_dict(load_checkpoint(run_dir, device)["state_dict"])
     scored: dict[str, dict[str, Any]] = {}
-    for split_name, split in {"dev": dev_split, **({"test": test_split} if test else {})}.items():
+    for name in ("dev", "test") if test else ("dev",):
+        split = dataset.splits[name]
         metrics, loss = evaluate_split(
             model, split, dataset.labels, cfg.batch_size, device, cfg.amp
         )
-        scored[split_name] = {**metrics, "loss": loss}
-    dev_metrics = scored["dev"]
+        scored[name] = {**metrics, "loss": loss}
     results = {
         "dataset": dataset.name,
         "task": dataset.task,
@@ -338,48 +315,41 @@ def fit(
         "epochs_run": len(epoch_times),
         "seconds_per_epoch": float(np.mean(epoch_times)),
         "train_seconds": float(np.sum(epoch_times)),
-        "num_parameters": num_parameters,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device),
         **scored,
     }
     write_json_atomic(run_dir / "metrics.json", results)
-    for split_name, metrics in scored.items():
-        log_confusion(writer, run_dir, config, dataset, split_name, metrics, best_epoch)
-    for label, value in scored.get("test", {}).get("per_class_f1", {}).items():
-        writer.add_scalar(f"class_f1_test/{label}", value, best_epoch)
-    hparams = {
-        "model": config.model.name,
-        "modalities": config.data.modalities,
-        "causal": config.model.causal,
-        "hidden_size": config.model.hidden_size,
-        "wp": config.model.wp,
-        "wf": config.model.wf,
-        "lr": cfg.lr,
-        "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
-        "dropout": config.model.dropout,
-    }
-    test_figures = (
-        {f"hparam/test_{k}": scored["test"][k] for k in ("weighted_f1", "accuracy")} if test else {}
+    log_results(writer, run_dir, config, dataset, scored, best_epoch, results["seconds_per_epoch"])
+
+
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam or AdamW as ``config.train`` says, with the fused (one kernel for all
+    parameters) implementation: same update, several times faster on CPU."""
+    cfg = config.train
+    optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    params = list(model.parameters())
+    fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
+    return optimizer_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def build_scheduler(
+    config: Config, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """The learning rate cut by ``train.scheduler_factor`` when the dev loss stalls for
+    ``train.scheduler_patience`` epochs; None when the patience is negative."""
+    cfg = config.train
+    if cfg.scheduler_patience < 0:
+        return None
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.scheduler_factor, patience=cfg.scheduler_patience
     )
-    writer.add_hparams(
-        hparams,
-        {
-            **test_figures,
-            "hparam/dev_weighted_f1": dev_metrics["weighted_f1"],
-            "hparam/best_epoch": best_epoch,
-        },
-        run_name=".",
-    )
-    test_line = (
-        "test acc {accuracy:.4f} wF1 {weighted_f1:.4f} mF1 {macro_f1:.4f}".format(**scored["test"])
-        if test
-        else "test not scored"
-    )
-    log.info(
-        "best epoch %d: dev wF1 %.4f | %s | %.2fs/epoch",
-        best_epoch,
-        dev_metrics["weighted_f1"],
-        test_line,
-        results["seconds_per_epoch"],
-    )
+
+
+def build_loss(config: Config, dataset: Dataset, device: torch.device) -> nn.Module:
+    """Cross-entropy over the labelled utterances, classes weighted by their inverse
+    train frequency when ``train.class_weights`` is on."""
+    kind = "balanced" if config.train.class_weights else "none"
+    weight = class_weights(dataset.splits["train"].labels, dataset.num_classes, kind)
+    weight = weight.to(device) if weight is not None else None
+    return nn.CrossEntropyLoss(weight=weight, ignore_index=-1)

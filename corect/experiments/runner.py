@@ -28,15 +28,16 @@ from typing import Any, Protocol, TypeVar
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from corect.common.files import output_directory
+from corect.common.metrics import SCORES
 from corect.common.runtime import setup_logging
 from corect.config import Config, ConfigError, add_overrides_argument, load_config
-from corect.engine.runs import run_status
+from corect.engine.checkpoints import run_status
 
 log = logging.getLogger("corect.experiments.runner")
 # Config keys that may differ between the runs being compared.
 FREE_KEYS = {"model.causal", "model.wf", "train.seed", "train.run_name", "train.runs_dir"}
 FREE_KEYS |= {"train.progress", "train.device", "train.amp", "data.cache_dir"}
-SCORES = ("accuracy", "weighted_f1", "macro_f1")  # the test figures every table shows
 T = TypeVar("T")
 R = TypeVar("R")
 # (position in the plan, output of its work), as runs finish.
@@ -140,6 +141,17 @@ def training_config(
     return load_config(
         config_path, [*quiet, *overrides, *extra, f"train.seed={seed}", *place, name]
     )
+
+
+def experiment_folder(out_dir: str | Path | None, parent: Path, name: str) -> Path:
+    """The output folder of an experiment: `out_dir` when given (made if missing; it may
+    hold an earlier run of the same experiment, whose finished runs are reused), else a
+    new folder ``parent/name`` (:func:`corect.common.files.output_directory`)."""
+    if not out_dir:
+        return output_directory(parent, name)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 @contextmanager

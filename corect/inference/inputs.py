@@ -14,7 +14,7 @@ import torch
 
 from corect.common.errors import InputError
 from corect.config import Config
-from corect.data.format import DialogueRecord, SplitData, party_indices
+from corect.data.dataset import DialogueRecord, SplitData, party_indices
 
 if TYPE_CHECKING:
     from corect.data.text_encoder import TextEncoder

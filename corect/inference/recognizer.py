@@ -1,9 +1,39 @@
-"""The streaming recognizer: utterances of a dialogue in, one prediction each out, from a
-causal model's ``step`` (see :mod:`corect.stream` for how the cost stays bounded and for
-the command line)."""
+"""Streaming recognition: one utterance in, one prediction out, with bounded cost.
+
+    recognizer = StreamingRecognizer.from_run("runs/.../corect-causal/RUN")
+    recognizer.reset()  # a new dialogue
+    prediction = recognizer.push("Ann", features={"a": audio, "v": visual}, text="Hi!")
+    prediction.label, prediction.probabilities, prediction.index
+
+Only causal runs stream (``model.causal: true``); an offline run is refused, since its
+predictions need the utterances that come later. The outputs equal the batch causal
+model's on the same dialogue (``tests/test_stream.py``).
+
+**How the cost stays bounded.** In causal mode every layer's output at utterance i
+depends only on the previous layer's outputs at utterances ``[i - wp, i]`` (attention
+blocks, graph layers), or on utterance i alone (MLP encoders, cross-modal edges, the
+head), and past outputs never change. So every causal model has, beside its batch
+``forward``, a ``step(features, cache, *, party, position)`` that computes only the new
+utterance's row of each layer from a cache of the window (``init_cache()``; keys and
+values of attention, graph inputs, recurrent states), each layer's in its own file
+(:mod:`corect.models.caches`). The recognizer only strings the pushes together: a push
+costs the same at utterance 200 as at utterance 20. With ``wp = -1`` (whole past) the
+windows grow with the dialogue and so does the cost.
+
+Models: CORECT (every encoder kind and ablation) and every fusion baseline, including
+``context``, have a step. Any other model (no ``step``) falls back to recomputing the
+whole history at every push (correct, but its cost grows; ``bounded`` says which).
+
+Latency: ``python -m corect.stream --bench [--figure latency.png]`` (median and p99 ms
+per utterance at several dialogue positions, against rerunning the batch model on the
+whole history; the figure draws both against the position; :mod:`corect.inference.latency`).
+Dialogues from a file: ``python -m corect.stream --run RUN --input dialogues.jsonl``
+(:func:`stream_file`).
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +46,8 @@ from torch import nn
 from corect.common.errors import InputError
 from corect.config import Config, ConfigError
 from corect.data.batching import collate
-from corect.data.format import DialogueRecord
-from corect.engine.runs import load_run
+from corect.data.dataset import DialogueRecord
+from corect.engine.checkpoints import load_run
 from corect.inference.inputs import PredictError, split_from_records, text_encoder_for_run
 from corect.models.caches import windows
 
@@ -157,7 +187,7 @@ class StreamingRecognizer:
         party = self.parties.setdefault(str(speaker), len(self.parties))
         if self.stepping:
             try:
-                logits = self.model.step(x, party, self.position, self.cache)
+                logits = self.model.step(x, self.cache, party=party, position=self.position)
             except InputError as err:
                 raise PredictError(f"utterance {self.position}: {err}") from None
         else:
@@ -186,3 +216,30 @@ class StreamingRecognizer:
         )
         batch = collate(split_from_records([record], self.dims), [0])
         return self.model(batch.to(self.device))[-1]
+
+
+def stream_file(recognizer: StreamingRecognizer, path: str | Path) -> list[dict[str, Any]]:
+    """Stream every dialogue of a JSONL file (format: :mod:`corect.data.jsonl`); per
+    utterance the prediction and the push latency."""
+    from corect.data.jsonl import read_jsonl
+
+    results = []
+    for dialogue in read_jsonl(path, recognizer.labels, require_labels=False, default_split="test"):
+        recognizer.reset()
+        utterances = []
+        for k in range(len(dialogue)):
+            start = time.perf_counter()
+            p = recognizer.push(dialogue.speakers[k], dialogue.features[k], dialogue.texts[k])
+            utterances.append(
+                {
+                    "index": p.index,
+                    "speaker": dialogue.speakers[k],
+                    "label": p.label,
+                    "probabilities": {c: round(x, 6) for c, x in p.probabilities.items()},
+                    "ms": round(1000 * (time.perf_counter() - start), 3),
+                }
+            )
+            if dialogue.labels[k] is not None:
+                utterances[-1]["true_label"] = dialogue.labels[k]
+        results.append({"id": dialogue.id, "utterances": utterances})
+    return results

@@ -11,7 +11,12 @@ One file per model family, bottom to top:
 - :mod:`~corect.models.corect`: CORECT itself;
 - :mod:`~corect.models.fusion`, :mod:`~corect.models.baselines`: the fusion baselines and
   the recurrent context model;
-- :mod:`~corect.models.caches`: the streaming caches every causal ``step`` keeps;
+- :mod:`~corect.models.caches`: streaming, the one ``step(x, cache, *, extras)`` shape
+  every causal layer has, the caches several layers share (``Window``, the
+  recurrent states) and ``StreamingModel``, the step skeleton of every model. Each
+  layer's own cache is a dataclass beside that layer, where its ``step`` reads it
+  (``AttentionCache`` in attention, ``GraphCache`` in rtgcn, ``PCMCache`` in pcm,
+  ``CORECTCache`` in corect);
 - :mod:`~corect.models.registry`: model names; :mod:`~corect.models.build`: the factory.
 
 This file imports nothing, so ``corect.config`` can read the registry without a cycle.

@@ -9,14 +9,15 @@ that the public CORECT code breaks hold everywhere by construction:
   (``window = -1``: the whole past), so no output depends on a later utterance.
 
 Causal stacks also stream: :meth:`AttentionStack.step` computes the newest position only,
-from a cache of the keys and values of the window (:mod:`corect.models.caches`).
+from an :class:`AttentionCache` of the keys and values of the window
+(:mod:`corect.models.caches`); :func:`stacked_step` steps several stacks at once.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -136,17 +137,57 @@ class AttentionStack(nn.Module):
             x = block(x, attn_mask, context)
         return self.norm(x)
 
-    def init_cache(self, cross: bool = False) -> dict[str, Any]:
+    def init_cache(self, *, cross: bool = False) -> AttentionCache:
         """An empty streaming cache: per block, the keys and values of the window.
         `cross`: the stack will step with a context (cross-modal attention)."""
         return init_stacked_cache([self], cross=cross)
 
     def step(
-        self, x: torch.Tensor, cache: dict[str, Any], context: torch.Tensor | None = None
+        self, x: torch.Tensor, cache: AttentionCache, *, context: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The newest position only: x, context: ``[dim]`` -> ``[dim]`` (row i of
         :meth:`forward`), from `cache` (:meth:`init_cache`), which it updates."""
-        return stacked_step(cache, x[None], None if context is None else context[None])[0]
+        context = None if context is None else context[None]
+        return stacked_step(x[None], cache, context=context)[0]
+
+
+@dataclass
+class StackedLinear:
+    """P linear layers applied at once: weight ``[P, in, out]``, bias ``[P, 1, out]``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        """h ``[P, 1, in]`` -> ``[P, 1, out]``, layer p on row p."""
+        return torch.baddbmm(self.bias, h, self.weight)
+
+
+@dataclass
+class StackedBlock:
+    """The linear layers of block k of P stacks, each LayerNorm's affine folded into the
+    layer after it and the attention scale into the queries."""
+
+    query: StackedLinear
+    key_value: StackedLinear
+    out: StackedLinear
+    ff1: StackedLinear
+    ff2: StackedLinear
+
+
+@dataclass
+class AttentionCache:
+    """The streaming cache of P causal stacks of one shape stepped together (one stack:
+    P = 1): their weights as they are now (a cache serves one dialogue of inference), and
+    per block a window of keys and values ``[2, P, heads, W, d]``."""
+
+    heads: int
+    eps: float
+    cross: bool  # steps with a context (cross-modal attention)
+    blocks: list[StackedBlock]
+    norm_weight: torch.Tensor  # the final LayerNorm's affine, [P, dim] each
+    norm_bias: torch.Tensor
+    windows: list[Window]
 
 
 def _folded(
@@ -158,49 +199,55 @@ def _folded(
     return w, (weight @ norm.bias + bias).unsqueeze(0) * scale
 
 
-def init_stacked_cache(stacks: Sequence[AttentionStack], cross: bool = False) -> dict[str, Any]:
-    """A streaming cache that steps P causal stacks of one shape together (P-CM's stacks,
-    or one stack), with a context iff `cross`. It holds their weights as they are now,
-    stacked ``[P, ...]`` with each LayerNorm's affine folded into the linear layer after
-    it and the attention scale into the queries (a cache serves one dialogue of
-    inference), and per block a window of keys and values ``[2, P, heads, W, d]``."""
+def _stacked_block(blocks: Sequence[AttentionBlock], *, cross: bool) -> StackedBlock:
+    """Block k of each of P stacks, as one :class:`StackedBlock`."""
+    dim = blocks[0].attention.embed_dim
+    scale = (dim // blocks[0].num_heads) ** -0.5
+    per_block = []
+    for block in blocks:
+        in_w, in_b = block.attention.in_proj_weight, block.attention.in_proj_bias
+        kv_norm = block.norm_key if cross else block.norm_query
+        ff1, ff2, out = block.feed_forward[0], block.feed_forward[2], block.attention.out_proj
+        per_block.append(
+            (
+                _folded(block.norm_query, in_w[:dim], in_b[:dim], scale),
+                _folded(kv_norm, in_w[dim:], in_b[dim:]),
+                (out.weight.t(), out.bias.unsqueeze(0)),
+                _folded(block.norm_ff, ff1.weight, ff1.bias),
+                (ff2.weight.t(), ff2.bias.unsqueeze(0)),
+            )
+        )
+    return StackedBlock(*(_stacked_linear(layer) for layer in zip(*per_block, strict=True)))
+
+
+def _stacked_linear(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> StackedLinear:
+    """P (weight, bias) pairs, detached, as one :class:`StackedLinear`."""
+    weights = torch.stack([w.detach() for w, _ in layers])
+    return StackedLinear(weights, torch.stack([b.detach() for _, b in layers]))
+
+
+def init_stacked_cache(stacks: Sequence[AttentionStack], *, cross: bool = False) -> AttentionCache:
+    """An empty streaming cache that steps P causal stacks of one shape together (P-CM's
+    stacks, or one stack), with a context iff `cross` (:class:`AttentionCache`)."""
     if not all(s.causal for s in stacks):
         raise ValueError("only a causal attention stack can stream")
     first = stacks[0]
-    dim, heads = first.blocks[0].attention.embed_dim, first.num_heads
-    scale = (dim // heads) ** -0.5
-    blocks = []
-    for k in range(len(first.blocks)):
-        parts: dict[str, list[torch.Tensor]] = {}
-        for stack in stacks:
-            block = stack.blocks[k]
-            in_w, in_b = block.attention.in_proj_weight, block.attention.in_proj_bias
-            kv_norm = block.norm_key if cross else block.norm_query
-            ff1, ff2, out = block.feed_forward[0], block.feed_forward[2], block.attention.out_proj
-            for name, (w, b) in (
-                ("q", _folded(block.norm_query, in_w[:dim], in_b[:dim], scale)),
-                ("kv", _folded(kv_norm, in_w[dim:], in_b[dim:])),
-                ("out", (out.weight.t(), out.bias.unsqueeze(0))),
-                ("ff1", _folded(block.norm_ff, ff1.weight, ff1.bias)),
-                ("ff2", (ff2.weight.t(), ff2.bias.unsqueeze(0))),
-            ):
-                parts.setdefault(name, []).append(w.detach())
-                parts.setdefault(f"{name}_b", []).append(b.detach())
-        blocks.append({name: torch.stack(tensors) for name, tensors in parts.items()})
-    return {
-        "heads": heads,
-        "eps": first.norm.eps,
-        "cross": cross,
-        "blocks": blocks,
-        "norm": tuple(
-            torch.stack([getattr(s.norm, a).detach() for s in stacks]) for a in ("weight", "bias")
-        ),
-        "windows": [Window(window_size(first.window), dim=3) for _ in first.blocks],
-    }
+    return AttentionCache(
+        heads=first.num_heads,
+        eps=first.norm.eps,
+        cross=cross,
+        blocks=[
+            _stacked_block([s.blocks[k] for s in stacks], cross=cross)
+            for k in range(len(first.blocks))
+        ],
+        norm_weight=torch.stack([s.norm.weight.detach() for s in stacks]),
+        norm_bias=torch.stack([s.norm.bias.detach() for s in stacks]),
+        windows=[Window(window_size(first.window), dim=3) for _ in first.blocks],
+    )
 
 
 def stacked_step(
-    cache: dict[str, Any], x: torch.Tensor, context: torch.Tensor | None = None
+    x: torch.Tensor, cache: AttentionCache, *, context: torch.Tensor | None = None
 ) -> torch.Tensor:
     r"""The newest position of P stacks at once (:func:`init_stacked_cache`): x, context
     ``[P, dim]`` -> ``[P, dim]``, each row as row i of its stack's
@@ -208,28 +255,24 @@ def stacked_step(
     block, with batched matmuls: :math:`h = x + \mathrm{MHA}(\mathrm{LN}(x),
     \mathrm{LN}(y))` over the window's cached keys and values, then
     :math:`h + \mathrm{FFN}(\mathrm{LN}(h))`."""
-    if (context is not None) != cache["cross"]:
+    if (context is not None) != cache.cross:
         raise ValueError(
             "a cross-attention cache steps with a context, a self-attention one without"
         )
-    heads, eps = cache["heads"], cache["eps"]
+    heads, eps = cache.heads, cache.eps
     p, dim = x.shape
 
     def norm(h: torch.Tensor) -> torch.Tensor:  # the affine part is folded into the weights
         return nn.functional.layer_norm(h, (dim,), eps=eps).unsqueeze(1)
 
-    def linear(h: torch.Tensor, w: dict[str, torch.Tensor], name: str) -> torch.Tensor:
-        return torch.baddbmm(w[f"{name}_b"], h, w[name])  # [P, 1, out]
-
-    for w, window in zip(cache["blocks"], cache["windows"], strict=True):
+    for w, window in zip(cache.blocks, cache.windows, strict=True):
         query = norm(x)
         source = query if context is None else norm(context)
-        q = linear(query, w, "q").view(p, heads, 1, -1)
-        kv = linear(source, w, "kv").view(p, 2, heads, -1).transpose(0, 1)
+        q = w.query(query).view(p, heads, 1, -1)
+        kv = w.key_value(source).view(p, 2, heads, -1).transpose(0, 1)
         keys, values = window.push(kv)  # [P, heads, W, d] each
         scores = torch.matmul(q, keys.transpose(-1, -2))  # [P, heads, 1, W]
         attended = torch.matmul(scores.softmax(-1), values)  # [P, heads, 1, d]
-        h = x + linear(attended.view(p, 1, dim), w, "out").view(p, dim)
-        x = h + linear(torch.relu(linear(norm(h), w, "ff1")), w, "ff2").view(p, dim)
-    weight, bias = cache["norm"]
-    return nn.functional.layer_norm(x, (dim,), eps=eps) * weight + bias
+        h = x + w.out(attended.view(p, 1, dim)).view(p, dim)
+        x = h + w.ff2(torch.relu(w.ff1(norm(h)))).view(p, dim)
+    return nn.functional.layer_norm(x, (dim,), eps=eps) * cache.norm_weight + cache.norm_bias

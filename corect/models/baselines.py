@@ -2,13 +2,11 @@
 :mod:`corect.models.fusion`, optional :class:`DialogueContext`, head) and its factory.
 
 Both run a batch (``forward``) or, when causal, one utterance at a time (``step``, with the
-encoders' attention windows and the GRU state in an explicit cache).
+encoders' attention windows and the GRU state in an explicit cache,
+:mod:`corect.models.caches`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +14,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from corect.config import ModelConfig
 from corect.data.batching import Batch
+from corect.models.caches import RecurrentCache, StreamingModel
 from corect.models.encoders import UtteranceEncoder
 from corect.models.fusion import build_fusion
 from corect.models.registry import FUSION_NAMES
@@ -82,22 +81,22 @@ class DialogueContext(nn.Module):
             outputs.append(out[batch.mask])
         return self.dropout(torch.cat(outputs, dim=-1))
 
-    def init_cache(self) -> dict[str, Any]:
+    def init_cache(self) -> RecurrentCache:
         """An empty streaming cache: each stream's GRU state."""
         if not self.causal:
             raise ValueError("only a causal (one-directional) dialogue context can stream")
-        return {"states": [None] * self.streams}
+        return RecurrentCache.empty(self.streams)
 
-    def step(self, z: torch.Tensor, cache: dict[str, Any]) -> torch.Tensor:
+    def step(self, z: torch.Tensor, cache: RecurrentCache) -> torch.Tensor:
         """The next utterance: z ``[d]`` -> ``[out_dim]``, one GRU step per stream."""
-        states, outputs = cache["states"], []
+        states, outputs = cache.states, []
         for s, (gru, chunk) in enumerate(zip(self.grus, z.chunk(self.streams), strict=True)):
             out, states[s] = gru(chunk.view(1, 1, -1), states[s])
             outputs.append(out[0, 0])
         return self.dropout(torch.cat(outputs))
 
 
-class FusionModel(nn.Module):
+class FusionModel(StreamingModel):
     r"""A fusion baseline: the shared encoder, a per-utterance fusion, an optional dialogue
     context, and a classifier.
 
@@ -147,26 +146,20 @@ class FusionModel(nn.Module):
             z = self.context(z, batch)
         return self.head(z)
 
-    def init_cache(self) -> dict[str, Any]:
-        """An empty streaming cache (a new dialogue): encoder and dialogue context."""
-        cache: dict[str, Any] = {"encoder": self.encoder.init_cache()}
-        if self.context is not None:
-            cache["context"] = self.context.init_cache()
-        return cache
+    def init_parts_cache(self) -> RecurrentCache | None:
+        """An empty streaming cache after the encoder: the dialogue context's (None
+        without one; the fusion is per utterance)."""
+        return None if self.context is None else self.context.init_cache()
 
-    def step(
-        self,
-        features: Mapping[str, torch.Tensor],
-        party: int,
-        position: int,
-        cache: dict[str, Any],
+    def step_parts(
+        self, hidden: dict[str, torch.Tensor], cache: RecurrentCache | None, *, position: int
     ) -> torch.Tensor:
-        """Logits ``[classes]`` of the next utterance of a dialogue, equal to its row of
-        :meth:`forward` (causal encoders and context): the fusion is per utterance."""
-        hidden = self.encoder.step(features, party, position, cache["encoder"])
+        """Logits ``[classes]`` of the next utterance from its encoded modalities, equal
+        to its row of :meth:`forward` (causal encoders and context); ``step`` (of
+        :class:`~corect.models.caches.StreamingModel`) runs the encoder first."""
         z = self.fusion(torch.stack([hidden[m] for m in self.modalities]).unsqueeze(0))[0]
         if self.context is not None:
-            z = self.context.step(z, cache["context"])
+            z = self.context.step(z, cache)
         return self.head(z.unsqueeze(0))[0]
 
 

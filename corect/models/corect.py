@@ -6,19 +6,17 @@ Networks with Auxiliary Cross-Modality Interaction", EMNLP 2023.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from corect.config import ModelConfig
 from corect.data.batching import Batch
-from corect.models.caches import window_size
+from corect.models.caches import StreamingModel, window_size
 from corect.models.encoders import ClassifierHead, UtteranceEncoder
 from corect.models.graph import build_graph, num_relations
-from corect.models.pcm import PairwiseCrossModal
-from corect.models.rtgcn import RTGCN
+from corect.models.pcm import PairwiseCrossModal, PCMCache
+from corect.models.rtgcn import RTGCN, GraphCache
 
 
 def drop_rows(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -27,7 +25,15 @@ def drop_rows(x: torch.Tensor, p: float) -> torch.Tensor:
     return x * keep.to(x.dtype) / (1 - p)
 
 
-class CORECT(nn.Module):
+@dataclass
+class CORECTCache:
+    """The streaming cache of CORECT's parts (None: the part is off)."""
+
+    rtgcn: GraphCache | None
+    pcm: PCMCache | None
+
+
+class CORECT(StreamingModel):
     r"""The CORECT model.
 
     With :math:`h_{i,m}` the encoded modality m of utterance i (speaker embedding added):
@@ -44,8 +50,10 @@ class CORECT(nn.Module):
     utterance in training, so the head learns to use each alone as well as both
     (docs/parts.md).
     In causal mode the graph keeps only past and self edges (wf = 0) and every attention
-    is masked to the past window, and :meth:`step` streams: one utterance in, its logits
-    out, from a cache of the past window (:meth:`init_cache`).
+    is masked to the past window, and ``step(features, cache, *, party, position)``
+    streams: one utterance in, its logits out, from a cache of the past window
+    (``init_cache()``; :class:`~corect.models.caches.StreamingModel`, then
+    :meth:`step_parts`).
     """
 
     def __init__(
@@ -116,16 +124,15 @@ class CORECT(nn.Module):
             parts[-num_parts:] = [drop_rows(p, self.part_dropout) for p in parts[-num_parts:]]
         return self.head(torch.cat(parts, dim=-1))
 
-    def init_cache(self) -> dict[str, Any]:
-        """An empty streaming cache (a new dialogue): every part's own."""
+    def init_parts_cache(self) -> CORECTCache:
+        """An empty streaming cache of RT-GCN and P-CM (the encoder's comes with it:
+        :meth:`~corect.models.caches.StreamingModel.init_cache`)."""
         if not self.causal:
             raise ValueError("only a causal CORECT can stream (model.causal: true)")
-        cache: dict[str, Any] = {"encoder": self.encoder.init_cache()}
-        if self.rtgcn is not None:
-            cache["rtgcn"] = self.rtgcn.init_cache(window_size(self.wp))
-        if self.pcm is not None:
-            cache["pcm"] = self.pcm.init_cache()
-        return cache
+        return CORECTCache(
+            rtgcn=None if self.rtgcn is None else self.rtgcn.init_cache(window_size(self.wp)),
+            pcm=None if self.pcm is None else self.pcm.init_cache(),
+        )
 
     def window_graph(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The graph of one dialogue of `length` utterances (as :meth:`forward` builds it)."""
@@ -133,22 +140,18 @@ class CORECT(nn.Module):
             torch.tensor([length]), len(self.modalities), self.wp, self.wf, self.edge_types
         )
 
-    def step(
-        self,
-        features: Mapping[str, torch.Tensor],
-        party: int,
-        position: int,
-        cache: dict[str, Any],
+    def step_parts(
+        self, hidden: dict[str, torch.Tensor], cache: CORECTCache, *, position: int
     ) -> torch.Tensor:
-        """Logits ``[classes]`` of the next utterance of a dialogue (modality -> ``[D]``,
-        its speaker's party index, its position), equal to its row of :meth:`forward`."""
-        hidden = self.encoder.step(features, party, position, cache["encoder"])
+        """Logits ``[classes]`` of the next utterance from its encoded modalities
+        (modality -> ``[H]``), equal to its row of :meth:`forward`; ``step`` (of
+        :class:`~corect.models.caches.StreamingModel`) runs the encoder first."""
         parts = [hidden[m] for m in self.modalities] if self.encoder_skip else []
         if self.rtgcn is not None:
             nodes = torch.stack([hidden[m] for m in self.modalities])  # [M, H]
-            parts.append(self.rtgcn.step(nodes, cache["rtgcn"], self.window_graph).flatten())
+            parts.append(self.rtgcn.step(nodes, cache.rtgcn, graph=self.window_graph).flatten())
         if self.pcm is not None:
-            parts.append(self.pcm.step(hidden, position, cache["pcm"]))
+            parts.append(self.pcm.step(hidden, cache.pcm, position=position))
         if not parts:
             parts = [hidden[m] for m in self.modalities]
         return self.head(torch.cat(parts))

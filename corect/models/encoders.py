@@ -15,7 +15,7 @@ modality is standardised per dimension with statistics of the training split
 speaker and position signals start small (:data:`SPEAKER_INIT_STD`,
 :data:`POSITION_INIT_SCALE`) and grow only as training finds them useful.
 
-Streaming: every encoder has ``init_cache()`` and ``step(x, position, cache)``, one
+Streaming: every encoder has ``init_cache()`` and ``step(x, cache, *, position)``, one
 utterance ``[D] -> [H]`` (the MLP needs no cache, the transformer keeps its attention
 window, the causal LSTM its state); :meth:`UtteranceEncoder.step` strings them together
 with the input normalisation and the speaker embedding.
@@ -33,7 +33,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from corect.common.errors import InputError
 from corect.config import ModelConfig
 from corect.data.batching import Batch
-from corect.models.attention import AttentionStack, sinusoidal_positions
+from corect.models.attention import AttentionCache, AttentionStack, sinusoidal_positions
+from corect.models.caches import RecurrentCache
 
 SPEAKER_INIT_STD = 0.1  # speaker embedding at init: a tenth of a standardised input's size
 POSITION_INIT_SCALE = 0.1  # learned gain of the sinusoidal positions, at init
@@ -95,10 +96,11 @@ class MLPEncoder(nn.Module):
     def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.net(x)
 
-    def init_cache(self) -> dict[str, Any]:
-        return {}
+    def init_cache(self) -> None:
+        """Context-free: nothing to keep."""
+        return None
 
-    def step(self, x: torch.Tensor, position: int, cache: dict[str, Any]) -> torch.Tensor:
+    def step(self, x: torch.Tensor, cache: None, *, position: int) -> torch.Tensor:
         """One utterance: x ``[in_dim]`` -> ``[hidden]`` (context-free: no cache used)."""
         return self.net(x)
 
@@ -138,10 +140,11 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.stack(self.embed(x, batch.positions), batch.mask)
 
-    def init_cache(self) -> list:
+    def init_cache(self) -> AttentionCache:
+        """The stack's keys and values of the window (causal only)."""
         return self.stack.init_cache()
 
-    def step(self, x: torch.Tensor, position: int, cache: list) -> torch.Tensor:
+    def step(self, x: torch.Tensor, cache: AttentionCache, *, position: int) -> torch.Tensor:
         """One utterance at `position`: x ``[in_dim]`` -> ``[hidden]`` (causal only)."""
         return self.stack.step(self.embed(x, torch.tensor(position, device=x.device)), cache)
 
@@ -167,14 +170,15 @@ class LSTMEncoder(nn.Module):
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         return self.project(self.dropout(out))
 
-    def init_cache(self) -> dict[str, Any]:
+    def init_cache(self) -> RecurrentCache:
+        """The LSTM state (causal only)."""
         if self.lstm.bidirectional:
             raise ValueError("only a causal (one-directional) LSTM can stream")
-        return {"state": None}
+        return RecurrentCache.empty()
 
-    def step(self, x: torch.Tensor, position: int, cache: dict[str, Any]) -> torch.Tensor:
+    def step(self, x: torch.Tensor, cache: RecurrentCache, *, position: int) -> torch.Tensor:
         """One utterance: x ``[in_dim]`` -> ``[hidden]``; the LSTM state is carried."""
-        out, cache["state"] = self.lstm(x.view(1, 1, -1), cache["state"])
+        out, cache.states[0] = self.lstm(x.view(1, 1, -1), cache.states[0])
         return self.project(self.dropout(out[0, 0]))
 
 
@@ -261,16 +265,21 @@ class UtteranceEncoder(nn.Module):
         return x + self.input_noise * torch.randn_like(x) * present
 
     def init_cache(self) -> dict[str, Any]:
-        """An empty streaming cache: one per modality's encoder."""
+        """An empty streaming cache: modality -> its encoder's."""
         return {m: enc.init_cache() for m, enc in self.encoders.items()}
 
     def step(
-        self, features: Mapping[str, torch.Tensor], party: int, position: int, cache: dict
+        self,
+        features: Mapping[str, torch.Tensor],
+        cache: dict[str, Any],
+        *,
+        party: int,
+        position: int,
     ) -> dict[str, torch.Tensor]:
         """One utterance (modality -> ``[D]``, its speaker's party index and its position
         in the dialogue) -> modality -> ``[H]``, as its row of :meth:`forward`."""
         hidden = {
-            m: enc.step(self.normalizers[m](features[m]), position, cache[m])
+            m: enc.step(self.normalizers[m](features[m]), cache[m], position=position)
             for m, enc in self.encoders.items()
         }
         if self.speaker_embedding is not None:

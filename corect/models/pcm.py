@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from corect.models.attention import (
+    AttentionCache,
     AttentionStack,
     init_stacked_cache,
     sinusoidal_positions,
     stacked_step,
 )
+
+
+@dataclass
+class PCMCache:
+    """P-CM's streaming cache: the M(M-1) cross-modal stacks stepped together and the M
+    fuse stacks together (:class:`~corect.models.attention.AttentionCache` each)."""
+
+    pairs: torch.Tensor  # [2, M(M-1)]: query and key modality of each cross-modal stack
+    cross: AttentionCache
+    fuse: AttentionCache
 
 
 class PairwiseCrossModal(nn.Module):
@@ -79,31 +90,29 @@ class PairwiseCrossModal(nn.Module):
             outputs.append(self.fuse[j](torch.cat(crossed, dim=-1), mask))
         return torch.cat(outputs, dim=-1)
 
-    def init_cache(self) -> dict[str, Any]:
+    def init_cache(self) -> PCMCache:
         """An empty streaming cache: the cross-modal stacks stepped together (ordered pair
         by pair, j then k), and the fuse stacks together."""
         pairs = [(j, k) for j in range(len(self.modalities)) for k in self.other_indices(j)]
         mods = self.modalities
-        return {
-            "pairs": torch.tensor(pairs).t(),  # [2, M(M-1)]: query and key modality
-            "cross": init_stacked_cache(
-                [self.cross[mods[j] + mods[k]] for j, k in pairs], cross=True
-            ),
-            "fuse": init_stacked_cache([self.fuse[j] for j in mods]),
-        }
+        return PCMCache(
+            pairs=torch.tensor(pairs).t(),
+            cross=init_stacked_cache([self.cross[mods[j] + mods[k]] for j, k in pairs], cross=True),
+            fuse=init_stacked_cache([self.fuse[j] for j in mods]),
+        )
 
     def other_indices(self, j: int) -> list[int]:
         return [k for k in range(len(self.modalities)) if k != j]
 
     def step(
-        self, hidden: dict[str, torch.Tensor], position: int, cache: dict[str, Any]
+        self, hidden: dict[str, torch.Tensor], cache: PCMCache, *, position: int
     ) -> torch.Tensor:
         """The newest utterance only: modality -> ``[H]`` at `position` -> ``[M(M-1)H]``,
         its row of :meth:`forward` (causal only; every pair's and every modality's
         stack stepped at once)."""
         h = torch.stack([hidden[m] for m in self.modalities])  # [M, H]
         h = h + sinusoidal_positions(torch.tensor(position, device=h.device), self.hidden)
-        query, key = cache["pairs"].to(h.device)
-        crossed = stacked_step(cache["cross"], h[query], h[key])  # [M(M-1), H]
-        fused = stacked_step(cache["fuse"], crossed.view(len(self.modalities), -1))
+        query, key = cache.pairs.to(h.device)
+        crossed = stacked_step(h[query], cache.cross, context=h[key])  # [M(M-1), H]
+        fused = stacked_step(crossed.view(len(self.modalities), -1), cache.fuse)
         return fused.flatten()

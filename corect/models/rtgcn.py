@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -13,6 +13,30 @@ from corect.models.caches import Window
 
 # The graph of one dialogue of `length` utterances: (edge_index [2, E], edge_type [E]).
 WindowGraph = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class GraphWeights:
+    """RT-GCN's weights concatenated for one matmul per layer: relations and root
+    ``[(R + 1) H, H]``; query, key, value and skip ``[H, 4 K C]``, the query scaled by
+    1/sqrt(channels)."""
+
+    relational: torch.Tensor
+    relational_bias: torch.Tensor
+    attention: torch.Tensor
+    attention_bias: torch.Tensor
+
+
+@dataclass
+class GraphCache:
+    """RT-GCN's streaming cache: the layer inputs and the graph transformer's keys and
+    values of the window's nodes, the weights as they are now (:class:`GraphWeights`),
+    and the dense edge operators of each window length seen so far."""
+
+    inputs: Window  # [M, W, hidden]
+    keys_values: Window  # [2, M, W, K * C]
+    weights: GraphWeights
+    operators: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 class RTGCN(nn.Module):
@@ -59,29 +83,22 @@ class RTGCN(nn.Module):
             h = self.relational(x.float(), edge_index, edge_type)
             return self.dropout(self.activation(self.norm(self.transformer(h, edge_index))))
 
-    def init_cache(self, size: int | None) -> dict[str, Any]:
-        """An empty streaming cache for a past window of `size` utterances: the layer
-        inputs and the graph transformer's keys and values of the window's nodes, and
-        the weights as they are now, concatenated for one matmul per layer (relations
-        and root; query, key, value and skip, the query scaled by 1/sqrt(channels))."""
+    def init_cache(self, size: int | None) -> GraphCache:
+        """An empty streaming cache for a past window of `size` utterances
+        (:class:`GraphCache`), with the weights as they are now."""
         conv, att = self.relational, self.transformer
         scale = torch.ones(4 * self.out_dim)
         scale[: self.out_dim] = att.out_channels**-0.5
         lins = (att.lin_query, att.lin_key, att.lin_value, att.lin_skip)
-        weights = {
-            "relational": torch.cat((conv.weight.flatten(0, 1), conv.root)),  # [(R+1)H, H]
-            "relational_b": conv.bias,
-            "attention": torch.cat([lin.weight for lin in lins]).t() * scale,  # [H, 4 KC]
-            "attention_b": torch.cat([lin.bias for lin in lins]) * scale,
-        }
-        return {
-            "inputs": Window(size, dim=1),
-            "keys_values": Window(size, dim=2),
-            "operators": {},
-            "weights": {name: w.detach() for name, w in weights.items()},
-        }
+        weights = GraphWeights(
+            relational=torch.cat((conv.weight.flatten(0, 1), conv.root)).detach(),
+            relational_bias=conv.bias.detach(),
+            attention=(torch.cat([lin.weight for lin in lins]).t() * scale).detach(),
+            attention_bias=(torch.cat([lin.bias for lin in lins]) * scale).detach(),
+        )
+        return GraphCache(Window(size, dim=1), Window(size, dim=2), weights)
 
-    def step(self, x: torch.Tensor, cache: dict[str, Any], graph: WindowGraph) -> torch.Tensor:
+    def step(self, x: torch.Tensor, cache: GraphCache, *, graph: WindowGraph) -> torch.Tensor:
         """The newest utterance's nodes only: x ``[M, hidden]`` (one node per modality) ->
         ``[M, heads * hidden]``, as their rows of :meth:`forward` on the window.
 
@@ -90,33 +107,33 @@ class RTGCN(nn.Module):
         count matrices (kept in the cache per window length). Float32, as forward."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
-            inputs = cache["inputs"].push(x)  # [M, W, hidden]
+            inputs = cache.inputs.push(x)  # [M, W, hidden]
             length, num_mod = inputs.shape[1], x.shape[0]
-            if length not in cache["operators"]:
-                cache["operators"][length] = self._operators(graph(length), length, num_mod)
-            mean, log_count = (op.to(x.device) for op in cache["operators"][length])
+            if length not in cache.operators:
+                cache.operators[length] = self._operators(graph(length), length, num_mod)
+            mean, log_count = (op.to(x.device) for op in cache.operators[length])
             nodes = inputs.reshape(num_mod * length, -1)  # node m*W + n
-            h = self._relational_step(x, nodes, mean, cache["weights"])
+            h = self._relational_step(x, nodes, mean, cache.weights)
             return self.activation(self.norm(self._transformer_step(h, cache, log_count)))
 
     def _relational_step(
-        self, x: torch.Tensor, nodes: torch.Tensor, mean: torch.Tensor, weights: dict
+        self, x: torch.Tensor, nodes: torch.Tensor, mean: torch.Tensor, weights: GraphWeights
     ) -> torch.Tensor:
         """RGCNConv for the new nodes: per-relation mean of the sources, and the root."""
         aggregated = (mean.flatten(0, 1) @ nodes).view(x.shape[0], -1)  # [M, R * hidden]
         inputs = torch.cat((aggregated, x), dim=1)
-        return torch.addmm(weights["relational_b"], inputs, weights["relational"])
+        return torch.addmm(weights.relational_bias, inputs, weights.relational)
 
     def _transformer_step(
-        self, h: torch.Tensor, cache: dict[str, Any], log_count: torch.Tensor
+        self, h: torch.Tensor, cache: GraphCache, log_count: torch.Tensor
     ) -> torch.Tensor:
         """TransformerConv for the new nodes: softmax over their incoming edges (an
         edge counted as often as it occurs) of the window's cached keys and values."""
-        weights, num_mod = cache["weights"], h.shape[0]
+        weights, num_mod = cache.weights, h.shape[0]
         heads, channels = self.transformer.heads, self.transformer.out_channels
-        projected = torch.addmm(weights["attention_b"], h, weights["attention"])
+        projected = torch.addmm(weights.attention_bias, h, weights.attention)
         query, key, value, skip = projected.split(heads * channels, dim=1)
-        window = cache["keys_values"].push(torch.stack((key, value)))  # [2, M, W, K * C]
+        window = cache.keys_values.push(torch.stack((key, value)))  # [2, M, W, K * C]
         keys, values = (
             window[k].reshape(-1, heads, channels).transpose(0, 1) for k in (0, 1)
         )  # [K, M * W, C], node m*W + n

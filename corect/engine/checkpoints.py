@@ -1,26 +1,26 @@
-"""Runs: the library layer every command stands on.
+"""A run on disk: its folder, what it is built from, its checkpoint and its status.
 
-Choosing the device, loading a run's data, building the model for a dataset, mixed
-precision, one training step, saving and loading a checkpoint, predicting and scoring a
-split. The commands (``train``, ``evaluate``, ``predict``, ``stream``, ``speed``,
-``benchmark``, ``compare_modes``) import from here and never from each other.
-
-A checkpoint (``RUN_DIR/checkpoint.pt``) holds plain types only (state dict, config,
-label names, dims, the dataset's fingerprint, ...), so it loads with
-``torch.load(weights_only=True)``; :func:`check_run_data` refuses a dataset that is not
-the one the run was trained on. ``RUN_DIR/run.json`` says whether the run completed
-(:func:`run_status`).
+- :func:`run_directory`: a new
+  ``runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>``;
+- :func:`load_data` and :func:`model_for`: the dataset of a config and a new model for it
+  (training builds these; :func:`load_run` rebuilds the model from a checkpoint);
+- :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`load_run`: ``RUN_DIR/checkpoint.pt``
+  holds plain types only (state dict, config, label names, dims, the dataset's
+  fingerprint, ...), so it loads with ``torch.load(weights_only=True)``;
+  :func:`check_run_data` refuses a dataset that is not the one the run was trained on;
+- :func:`write_run_status`, :func:`run_status`, :func:`abandon_run`: ``RUN_DIR/run.json``
+  says whether the run is running, completed, failed or stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,16 +28,16 @@ from corect.common.errors import InputError
 from corect.common.files import (
     HOST,
     atomic_target,
+    output_directory,
     process_alive,
     read_json,
     recover,
     write_json_atomic,
 )
-from corect.common.metrics import classification_metrics, weighted_f1_by_position
-from corect.common.runtime import DEFAULT_DEVICE, autocast, select_device
+from corect.common.runtime import timestamp
 from corect.config import Config, ConfigError, config_from_dict
-from corect.data.batching import Batch, drop_modalities, drop_utterances, iterate_batches
-from corect.data.format import Dataset, DatasetError, SplitData, load_dataset
+from corect.data.dataset import Dataset
+from corect.data.format import DatasetError, load_dataset
 from corect.data.synthetic import ensure_synthetic_dataset
 from corect.models.build import build_model
 
@@ -49,6 +49,19 @@ log = logging.getLogger("corect")
 
 class CheckpointError(InputError):
     """A checkpoint file is unreadable, refused or inconsistent."""
+
+
+def run_directory(config: Config, dataset: Dataset) -> Path:
+    """A new ``runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>``
+    (``train.run_name`` when set; ``-1``, ``-2``, ... appended when the name is taken)."""
+    model = config.model.name + ("-causal" if config.model.causal else "")
+    group = (
+        Path(config.train.runs_dir)
+        / dataset.name
+        / f"{config.data.modalities}--{dataset.task}--{model}"
+    )
+    name = config.train.run_name or f"{timestamp()}-seed{config.train.seed}"
+    return output_directory(group, name)
 
 
 def load_data(config: Config) -> Dataset:
@@ -69,80 +82,6 @@ def model_for(config: Config, dataset: Dataset) -> nn.Module:
     num_speakers = config.model.num_speakers or dataset.max_parties
     statistics = dataset.splits["train"].feature_statistics()
     return build_model(config.model, dataset.dims, dataset.num_classes, num_speakers, statistics)
-
-
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam or AdamW as ``config.train`` says, with the fused (one kernel for all
-    parameters) implementation: same update, several times faster on CPU."""
-    cfg = config.train
-    optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    params = list(model.parameters())
-    fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
-    return optimizer_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-
-
-def grad_scaler(config: Config, device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling for float16 autocast on CUDA; a no-op otherwise."""
-    use_amp = config.train.amp and device.type == "cuda"
-    return torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
-
-
-def train_step(
-    model: nn.Module,
-    batch: Batch,
-    config: Config,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    loss_fn: nn.Module,
-    generator: torch.Generator,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimisation step on `batch`: modality and utterance dropout, forward under
-    autocast, loss, backward (scaled), gradient clipping, optimizer step. Returns (loss,
-    logits, labels) of the batch as it was fed (on `device`)."""
-    cfg = config.train
-    batch = drop_modalities(batch, cfg.modality_dropout, generator)
-    batch = drop_utterances(batch, cfg.utterance_dropout, generator).to(device)
-    with autocast(device, cfg.amp):
-        logits = model(batch)
-        loss = loss_fn(logits.float(), batch.labels)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if cfg.grad_clip > 0:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss, logits, batch.labels
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, split: SplitData, batch_size: int, device: torch.device, amp: bool = True
-) -> torch.Tensor:
-    """Logits [N, classes] for every utterance of `split`, in split order (eval mode)."""
-    model.eval()
-    outputs = []
-    for batch in iterate_batches(split, batch_size):
-        with autocast(device, amp):
-            outputs.append(model(batch.to(device)).float().cpu())
-    return torch.cat(outputs)
-
-
-def evaluate_split(
-    model: nn.Module,
-    split: SplitData,
-    labels: list[str],
-    batch_size: int,
-    device: torch.device,
-    amp: bool = True,
-) -> tuple[dict[str, Any], float]:
-    """Metrics and mean cross-entropy of `model` on `split`."""
-    logits = predict(model, split, batch_size, device, amp)
-    keep = split.labels >= 0
-    loss = nn.functional.cross_entropy(logits[keep], split.labels[keep]).item()
-    metrics = classification_metrics(split.labels.numpy(), logits.argmax(1).numpy(), labels)
-    return metrics, loss
 
 
 def save_checkpoint(
@@ -283,29 +222,29 @@ def run_status(run_dir: str | Path) -> str:
     return status
 
 
-def dialogue_positions(split: SplitData) -> np.ndarray:
-    """0-based position of every utterance of `split` in its dialogue."""
-    starts = torch.repeat_interleave(split.offsets[:-1], split.lengths)
-    return (torch.arange(split.num_utterances) - starts).numpy()
-
-
-def score_run(
-    run_dir: str | Path,
-    dataset: Dataset | None = None,
-    split: str = "test",
-    device: str = DEFAULT_DEVICE,
-) -> tuple[Config, Dataset, dict[str, Any]]:
-    """Reload a run's best checkpoint and score it on `split`: the metrics of
-    :func:`corect.common.metrics.classification_metrics` plus ``by_position``."""
-    torch_device = select_device(device)
-    config, model, checkpoint = load_run(run_dir, str(torch_device))
-    dataset = dataset or load_data(config)
-    check_run_data(run_dir, checkpoint, dataset)
-    if split not in dataset.splits:
-        raise DatasetError(f"split {split!r} not in dataset {dataset.path}")
-    data = dataset.splits[split]
-    logits = predict(model, data, config.train.batch_size, torch_device, config.train.amp)
-    y_true, y_pred = data.labels.numpy(), logits.argmax(1).numpy()
-    metrics = classification_metrics(y_true, y_pred, checkpoint["labels"])
-    metrics["by_position"] = weighted_f1_by_position(y_true, y_pred, dialogue_positions(data))
-    return config, dataset, metrics
+def abandon_run(run_dir: Path, err: BaseException) -> None:
+    """After a failure: remove a run folder that holds no checkpoint yet (nothing worth
+    keeping), else mark it failed in run.json (stopped, when it was stopped from outside:
+    Ctrl-C, or a scheduler such as Ray Tune's ASHA); an input error's message says which."""
+    stopped = isinstance(err, (KeyboardInterrupt, SystemExit))  # Ctrl-C, a scheduler (ASHA)
+    if isinstance(err, KeyboardInterrupt):
+        reason = "interrupted"
+    elif isinstance(err, SystemExit):
+        reason = f"stopped from outside (exit {err.code})"
+    else:
+        reason = str(err) or repr(err)
+    if (run_dir / CHECKPOINT).is_file():
+        status = "stopped" if stopped else "failed"
+        write_run_status(run_dir, status, error=reason)
+        note = f"the run is marked {status} in {run_dir / RUN_STATUS}"
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in (run_dir.parent, run_dir.parent.parent):  # group folders left empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        note = f"its folder {run_dir} was removed (no checkpoint yet)"
+    log.info("run failed: %s; %s", reason, note)
+    if isinstance(err, InputError) and err.args:
+        err.args = (f"{err.args[0]}; {note}", *err.args[1:])
