@@ -8,8 +8,10 @@ Every model and seed (and with ``--modes offline,causal`` both modes) trains wit
 base config plus the model's overrides; ``results.md``, ``results.json``, ``results.png``,
 the runs and ``benchmark.log`` land under ``<train.runs_dir>/benchmarks/<name>-<date-time>/``
 (or ``--out``; the files: :mod:`corect.experiments.benchmark`). Run the same command again
-with the same ``--out`` and the finished runs are reused; with ``--backend ray`` the runs
-train as Ray tasks, several at once (:mod:`corect.experiments.backends`).
+with the same ``--out`` and the finished runs are reused, the one that was training when
+the benchmark stopped resumes from its last finished epoch (:mod:`corect.experiments.reuse`);
+with ``--backend ray`` the runs train as Ray tasks, several at once
+(:mod:`corect.experiments.backends`).
 
 Prints the table, then the output directory last.
 """

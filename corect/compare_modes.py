@@ -5,8 +5,10 @@ Trains the same model twice per seed, with the same data, config and seed: once 
 a later utterance), or, with ``--runs`` / ``--causal-runs``, scores runs trained before.
 Writes ``results.md``, ``results.json``, ``results.png`` and ``compare.log`` under
 ``<train.runs_dir>/compare/<name>-<date-time>/`` (or ``--out``; the files and where the
-runs go: :mod:`corect.experiments.compare`). With ``--backend ray`` the runs train as Ray
-tasks, several at once (:mod:`corect.experiments.backends`).
+runs go: :mod:`corect.experiments.compare`). Run it again with the same ``--out`` and the
+finished runs are reused, the one that was training resumes from its last finished epoch
+(:mod:`corect.experiments.reuse`). With ``--backend ray`` the runs train as Ray tasks,
+several at once (:mod:`corect.experiments.backends`).
 
 The table is printed at the end, and the output folder last.
 """

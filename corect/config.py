@@ -18,7 +18,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from corect.common.errors import InputError
-from corect.common.files import read_yaml
+from corect.common.files import read_yaml, write_atomic
 from corect.models.registry import FUSION_NAMES, MODEL_NAMES
 
 MODALITIES = ("t", "a", "v")
@@ -391,8 +391,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML (atomically: a resumed run rewrites it)."""
+    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def mode_of(config: Config) -> str:

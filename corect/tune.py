@@ -7,7 +7,10 @@ after every epoch; ASHA stops weak trials early, values are drawn at random or b
 and CONFIG (unless ``--no-base``) train with ``--seeds`` seeds and are scored on test.
 Writes ``best.yaml``, ``trials.csv``/``.md``/``.json``, ``results.md``/``.json``,
 ``tune.log`` and the runs under ``<train.runs_dir>/tune/<name>-<date-time>/`` (or ``--out``;
-the files: :mod:`corect.experiments.tuning`).
+the files: :mod:`corect.experiments.tuning`). Interrupted, run the same command with the
+same ``--out``: the search continues (finished trials kept, the others resumed from their
+last reported epoch through Ray Tune's checkpoints) and the final runs are reused or
+resumed (:mod:`corect.experiments.trials`).
 
 Prints the results table, then the output folder last.
 """

@@ -21,6 +21,7 @@ from pathlib import Path
 from corect.data.text_model import RECORD_FILE
 from corect.engine.losses import CLASS_WEIGHTS
 from data_prep.finetuning.config import FINETUNE_MODES, FinetuneConfig
+from data_prep.finetuning.resume import STATE_SUFFIX
 from data_prep.finetuning.run import FinetuneResult, finetune
 from data_prep.options import HelpFormatter, run_main
 
@@ -42,6 +43,9 @@ setting is recorded in {RECORD_FILE}; the feature writer builds the same inputs.
 
 CPU by default (CUDA with mixed precision when available, or --device); set
 OMP_NUM_THREADS to bound CPU threads. --max-steps N stops early, e.g. to time a run.
+
+A stopped run (killed, preempted) continues with the same command plus --resume: the
+state is saved beside --out every --save-every-steps steps and after each epoch.
 """
 
 
@@ -104,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after N optimizer steps (timing, smoke tests)",
     )
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    _add_resume(parser, defaults)
     lora = parser.add_argument_group("LoRA (--mode lora)")
     numbers(lora, _LORA)
     lora.add_argument(
@@ -138,6 +143,28 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="model directory to write, replaced atomically (default: "
         "runs/text_models/<name>_<task>_<mode>[_ctx<K>]_seed<S>)",
+    )
+
+
+def _add_resume(parser: argparse.ArgumentParser, defaults: FinetuneConfig) -> None:
+    """--resume and --save-every-steps."""
+    group = parser.add_argument_group("resuming a stopped run")
+    group.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run that was stopped, from the state it saved beside --out "
+        f"(<out>{STATE_SUFFIX}), with the same options (others are refused, naming them); "
+        "it makes the same model an uninterrupted run makes. No saved state: an error; a "
+        "model already finished with these options: nothing to do",
+    )
+    group.add_argument(
+        "--save-every-steps",
+        type=int,
+        default=defaults.save_every_steps,
+        metavar="N",
+        help="save the resumable state every N optimizer steps (a few minutes of a CPU run) "
+        "and after each epoch; 0 = after each epoch only. It is removed once the model is "
+        "written",
     )
 
 

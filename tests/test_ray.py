@@ -1,6 +1,7 @@
 """Runs on a local Ray (one session for the module, 2 CPUs): the Ray backend gives what
 the sequential path gives (same files, same numbers, reuse, failures), and
-``corect.tune`` searches end to end without ever scoring test."""
+``corect.tune`` searches end to end without ever scoring test, and continues an
+interrupted search from its trials' checkpoints."""
 
 from __future__ import annotations
 
@@ -15,10 +16,15 @@ import torch
 import yaml
 
 import corect
+import corect.experiments.trials
 from corect.config import Config, load_config
+from corect.engine.training import EpochCallback, train
 from corect.experiments.backends import RayBackend, start_ray
-from corect.experiments.benchmark import run_benchmark
+from corect.experiments.benchmark import run_benchmark, run_config
 from corect.experiments.compare import compare
+from corect.experiments.runner import experiment_log
+from corect.experiments.space import load_space
+from corect.experiments.trials import Trial, TrialSetup, search
 from corect.experiments.tuning import run_tune
 from tests.conftest import TINY_DIMS
 from tests.test_benchmark import fake_train
@@ -111,9 +117,18 @@ def test_workers_import_this_corect(backend: RayBackend) -> None:
         assert (corect_file, threads, cwd) == (corect.__file__, 1, os.getcwd())
 
 
+def stop_after_epoch_1(figures: dict[str, float]) -> None:
+    if figures["epoch"] == 1:
+        raise KeyboardInterrupt  # as Ctrl-C: the run is marked stopped, resumable
+
+
 def test_benchmark_on_ray_equals_sequential(tmp_path: Path, backend: RayBackend) -> None:
     args = (None, ["corect", "early"], [1, 2], tiny(tmp_path))
     here = run_benchmark(*args, tmp_path / "sequential")
+    # An earlier benchmark in the same output was stopped after epoch 1 of early seed 2.
+    stopped = run_config(None, tiny(tmp_path), "early", 2, tmp_path / "ray" / "runs")
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped, on_epoch=stop_after_epoch_1)
     there = run_benchmark(*args, tmp_path / "ray", backend=backend)
     assert [r.run_dir for r in there.results] == [r.run_dir for r in here.results]
     for mine, theirs in zip(here.results, there.results, strict=True):
@@ -126,7 +141,9 @@ def test_benchmark_on_ray_equals_sequential(tmp_path: Path, backend: RayBackend)
             data[0]["models"][model]["summary"]["weighted_f1"]
             == (data[1]["models"][model]["summary"]["weighted_f1"])
         )
-    assert (tmp_path / "ray" / "benchmark.log").read_text().count("epoch   2") == 4
+    log = (tmp_path / "ray" / "benchmark.log").read_text()
+    assert log.count("epoch   2") == 4 and log.count("epoch   1") == 3  # one run resumed
+    assert "resuming the unfinished run" in log and "early-seed2 (stopped" in log
 
 
 def must_not_train(config: Config) -> Path:
@@ -162,3 +179,63 @@ def test_compare_modes_on_ray_equals_sequential(tmp_path: Path, backend: RayBack
         assert [r.mode for r in result.runs] == ["offline", "causal"]
         rows.append(json.loads((result.out_dir / "results.json").read_text())["rows"])
     assert rows[0]["weighted_f1"] == rows[1]["weighted_f1"]
+
+
+BASE_LR = load_config().train.lr  # the first trial's: the config's own values
+
+
+class FailingSetup(TrialSetup):
+    """Trials whose first trial fails in epoch 2 while ``<out>/fail`` exists (a worker
+    lost again and again, until Tune gives the trial up)."""
+
+    def reporter(self, config: Config) -> EpochCallback:
+        report, marker = super().reporter(config), Path(self.runs_dir).parent / "fail"
+
+        def failing(figures: dict[str, float]) -> None:
+            if figures["epoch"] == 2 and config.train.lr == BASE_LR and marker.exists():
+                raise RuntimeError("injected: the worker was lost")
+            report(figures)
+
+        return failing
+
+
+def test_a_search_run_again_continues_its_trials_from_their_checkpoints(
+    tmp_path: Path, backend: RayBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first trial fails in epoch 2 (Tune does not retry it here, to keep the test
+    short); the search run again with the same output is restored, and that trial
+    continues from its epoch-1 checkpoint to the figures of an uninterrupted run."""
+    monkeypatch.setattr(corect.experiments.trials, "TrialSetup", FailingSetup)
+    monkeypatch.setattr(corect.experiments.trials, "TRIAL_RETRIES", 0)
+    overrides, out = [*tiny(tmp_path), "train.epochs=3"], tmp_path / "t"
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"space": {"train.lr": {"loguniform": [1e-4, 1e-2]}}}))
+    params = load_space(space, None, overrides)
+    out.mkdir()
+    (out / "fail").touch()
+
+    def searched(trials: int = 2) -> dict[float, Trial]:
+        with experiment_log(out / "tune.log"):
+            found = search(None, params, trials, overrides, out, backend, grace_epochs=3)
+        return {t.values["train.lr"]: t for t in found}
+
+    first = searched()
+    assert [h["epoch"] for h in first[BASE_LR].history] == [1]
+    assert first[BASE_LR].ended == "error: RuntimeError: injected: the worker was lost"
+    (out / "fail").unlink()
+    with pytest.raises(ValueError, match="other settings \\(trials differ"):
+        searched(3)
+    again = searched()
+    assert [h["epoch"] for h in again[BASE_LR].history] == [1, 2, 3]
+    assert again[BASE_LR].ended == "completed"
+    (other,) = set(again) - {BASE_LR}
+    assert again[other] == first[other]  # finished: kept, not trained again
+    log = (out / "tune.log").read_text()
+    assert "search: continuing" in log and log.count("resuming trial") == 1
+
+    (trial,) = (out / "trials").glob(f"*/*/trial-{again[BASE_LR].name}")
+    config = load_config(trial / "config.yaml")
+    config.train.runs_dir, config.train.run_name = str(tmp_path / "whole"), "whole"
+    whole = train(config, test=False)
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (trial, whole)]
+    assert metrics[0]["dev"] == metrics[1]["dev"]  # resumed: the same figures

@@ -25,6 +25,7 @@ def test_train_writes_a_complete_run(tmp_path):
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
     assert checkpoint["labels"] == metrics["labels"] and "state_dict" in checkpoint
     assert (run / "config.yaml").is_file()
+    assert not (run / "training_state.pt").exists()  # written every epoch, removed on completion
     assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
     # corect.evaluate reproduces metrics.json exactly.
     reproduced = evaluate_run(run, "test", device="cpu")

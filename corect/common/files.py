@@ -10,6 +10,7 @@ Reads of JSON go through :func:`read_json`, whose errors name the file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -105,6 +106,33 @@ def recover(path: str | Path) -> None:
             pass
 
 
+class WriteError(InputError):
+    """An output cannot be written (a full disk, a read-only folder, no permission)."""
+
+
+_WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied (is the folder read-only?)",
+    errno.EPERM: "operation not permitted (is the folder read-only?)",
+}
+
+
+def write_error(path: Path, err: OSError) -> WriteError:
+    """The :class:`WriteError` of a failed write of `path`, saying what is left there."""
+    why = _WRITE_FAILURES.get(err.errno or 0, err.strerror or str(err))
+    left = "its previous version is kept" if path.exists() else "nothing was written"
+    return WriteError(f"{path}: cannot be written: {why}; {left}")
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:  # a read-only folder: it can be neither made nor left behind
+        pass
+
+
 def _check_parent(path: Path) -> None:
     if not path.name or path.name in (".", ".."):
         raise InputError(f"{path}: give a file or folder name, not {str(path)!r}")
@@ -118,21 +146,28 @@ def _check_parent(path: Path) -> None:
 def atomic_target(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write to; on success it gets the usual
     file mode and is renamed over `path`, on failure it is removed. So `path` is always
-    either the old file or the complete new one. A folder at `path` is refused."""
+    either the old file or the complete new one. A folder at `path` is refused; a write
+    that fails (a full disk, a read-only folder) raises :class:`WriteError` naming `path`."""
     path = Path(path)
     _check_parent(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give a file name")
     recover(path)
-    fd, name = tempfile.mkstemp(prefix=_prefix(path, "tmp"), dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=_prefix(path, "tmp"), dir=path.parent)
+    except OSError as err:
+        raise write_error(path, err) from err
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
         set_default_permissions(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        _discard(tmp)
+        raise write_error(path, err) from err
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
 
 

@@ -5,6 +5,8 @@
 - :mod:`~corect.engine.reports`: what a run logs while it trains (log lines, TensorBoard);
 - :mod:`~corect.engine.checkpoints`: a run on disk: its folder, data and model, checkpoint
   and status (``run.json``);
+- :mod:`~corect.engine.state`: the full training state written every epoch, from which a
+  stopped run resumes;
 - :mod:`~corect.engine.scoring`: predictions on a split and a trained run scored again;
 - :mod:`~corect.engine.losses`: class weights for the loss;
 - :mod:`~corect.engine.diagnostics`: what each part of a trained CORECT does.

@@ -9,7 +9,9 @@
   fingerprint, ...), so it loads with ``torch.load(weights_only=True)``;
   :func:`check_run_data` refuses a dataset that is not the one the run was trained on;
 - :func:`write_run_status`, :func:`run_status`, :func:`abandon_run`: ``RUN_DIR/run.json``
-  says whether the run is running, completed, failed or stopped.
+  says whether the run is running, completed, failed or stopped;
+- :data:`TRAINING_STATE`: the full state of the last finished epoch, which
+  :func:`can_resume` tells about (written and read by :mod:`corect.engine.state`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import nn
 from corect.common.errors import InputError
 from corect.common.files import (
     HOST,
+    WriteError,
     atomic_target,
     output_directory,
     process_alive,
@@ -43,6 +46,7 @@ from corect.models.build import build_model
 
 CHECKPOINT = "checkpoint.pt"
 RUN_STATUS = "run.json"
+TRAINING_STATE = "training_state.pt"
 CHECKPOINT_KEYS = ("state_dict", "config", "labels", "dims", "num_speakers")
 log = logging.getLogger("corect")
 
@@ -102,8 +106,15 @@ def save_checkpoint(
         "text_features": dataset.text_features or {},
         "epoch": epoch,
     }
-    with atomic_target(path) as tmp:
-        torch.save(checkpoint, tmp)
+    save_atomic(checkpoint, path)
+
+
+def save_atomic(data: dict[str, Any], path: Path) -> None:
+    """``torch.save`` of `data` to `path`, atomically. Through a Python file, so that a
+    full disk or a read-only folder is a :class:`~corect.common.files.WriteError` naming
+    `path` (torch's own file writer reports neither), the old file staying as it was."""
+    with atomic_target(path) as tmp, tmp.open("wb") as file:
+        torch.save(data, file)
 
 
 def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -222,6 +233,12 @@ def run_status(run_dir: str | Path) -> str:
     return status
 
 
+def can_resume(run_dir: str | Path) -> bool:
+    """Whether `run_dir` holds a training state to continue from (``corect.train
+    --resume``) and did not complete."""
+    return (Path(run_dir) / TRAINING_STATE).is_file() and run_status(run_dir) != "completed"
+
+
 def abandon_run(run_dir: Path, err: BaseException) -> None:
     """After a failure: remove a run folder that holds no checkpoint yet (nothing worth
     keeping), else mark it failed in run.json (stopped, when it was stopped from outside:
@@ -233,10 +250,16 @@ def abandon_run(run_dir: Path, err: BaseException) -> None:
         reason = f"stopped from outside (exit {err.code})"
     else:
         reason = str(err) or repr(err)
-    if (run_dir / CHECKPOINT).is_file():
+    if (run_dir / CHECKPOINT).is_file() or (run_dir / TRAINING_STATE).is_file():
         status = "stopped" if stopped else "failed"
-        write_run_status(run_dir, status, error=reason)
         note = f"the run is marked {status} in {run_dir / RUN_STATUS}"
+        try:
+            write_run_status(run_dir, status, error=reason)
+        except InputError:  # a full disk or read-only folder: keep the first error
+            note = f"its {RUN_STATUS} could not be updated either"
+        outside = stopped or isinstance(err, WriteError) or not isinstance(err, InputError)
+        if outside and (run_dir / TRAINING_STATE).is_file():  # not for a diverged run
+            note += f"; continue it with python -m corect.train --resume {run_dir}"
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
         for parent in (run_dir.parent, run_dir.parent.parent):  # group folders left empty

@@ -4,17 +4,21 @@
 Reads top to bottom: :func:`train` loads the data, builds the model and makes the run
 directory; :func:`fit` runs the epochs: :func:`train_epoch` (one :func:`train_step` per
 batch), :func:`score_dev`, the scheduler, the best checkpoint kept by dev weighted F1,
-:func:`log_epoch`, early stopping; then :func:`finish_run` reloads the best checkpoint,
-scores dev and test, and writes the results. A non-finite loss stops the run with
-:class:`DivergedError`; a failed run's folder is marked failed, or removed when it holds
-no checkpoint yet (:func:`corect.engine.checkpoints.abandon_run`)::
+:func:`log_epoch`, the training state, early stopping; then :func:`finish_run` reloads
+the best checkpoint, scores dev and test, and writes the results. A non-finite loss stops
+the run with :class:`DivergedError`; a failed run's folder is marked failed, or removed
+when it holds no checkpoint yet (:func:`corect.engine.checkpoints.abandon_run`). A run
+stopped for any reason continues from its last finished epoch with ``train(config,
+resume=RUN_DIR)`` (:mod:`corect.engine.state`)::
 
     runs/<dataset>/<modalities>--<task>--<model>/<date-time>-seed<seed>/
         config.yaml      the resolved config
         checkpoint.pt    best state dict + config + what it was trained on (labels,
                          dims, dataset fingerprint); torch.load(weights_only=True)
+        training_state.pt  everything needed to continue after the last finished epoch
+                         (corect.engine.state); removed once the run completes
         metrics.json     dev and test metrics, best epoch, time per epoch
-        run.json         status: running, completed or failed (with the error)
+        run.json         status: running, completed, failed or stopped (with the error)
         confusion-dev.png, confusion-test.png   labelled confusion matrices (corect.common.plots)
         events.*         TensorBoard (tensorboard --logdir runs)
 
@@ -24,6 +28,7 @@ epoch's dev figures, and ``test=False``: the test split is then never scored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -58,6 +63,7 @@ from corect.data.batching import (
 from corect.data.dataset import Dataset
 from corect.engine.checkpoints import (
     CHECKPOINT,
+    TRAINING_STATE,
     abandon_run,
     load_checkpoint,
     load_data,
@@ -69,6 +75,15 @@ from corect.engine.checkpoints import (
 from corect.engine.losses import class_weights
 from corect.engine.reports import log_epoch, log_results, log_start
 from corect.engine.scoring import evaluate_split
+from corect.engine.state import (
+    Loop,
+    Progress,
+    already_completed,
+    check_resumed_data,
+    restore_training_state,
+    resume_point,
+    save_training_state,
+)
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -83,29 +98,49 @@ class DivergedError(InputError):
     """Training diverged (a non-finite loss); the run is not reported."""
 
 
-def train(config: Config, *, on_epoch: EpochCallback | None = None, test: bool = True) -> Path:
+def train(
+    config: Config,
+    *,
+    on_epoch: EpochCallback | None = None,
+    test: bool = True,
+    resume: str | Path | None = None,
+) -> Path:
     """Train one model as described by `config`; return its run directory. `on_epoch`
     gets every epoch's figures once dev is scored; with `test` False the test split is
-    never scored (metrics.json then holds dev only)."""
+    never scored (metrics.json then holds dev only). With `resume` (a run directory) the
+    run continues from its last finished epoch, as if it had never stopped; `config` must
+    be the run's (:func:`~corect.engine.state.resume_point`); a completed run is returned
+    as it is."""
     from torch.utils.tensorboard import SummaryWriter
 
     setup_logging()
+    if resume is not None and already_completed(Path(resume)):
+        return Path(resume)
+    state = None if resume is None else resume_point(Path(resume), config)
     generator = seed_everything(config.train.seed)
     device = select_device(config.train.device)
     dataset = load_data(config)
     model = model_for(config, dataset).to(device)
-    run_dir = run_directory(config, dataset)
+    if resume is None:
+        run_dir = run_directory(config, dataset)
+    else:
+        run_dir = Path(resume)
+        check_resumed_data(run_dir, dataset)
     save_config(config, run_dir / "config.yaml")
     write_run_status(run_dir, "running")
-    writer = SummaryWriter(log_dir=str(run_dir))
+    # Resumed: TensorBoard hides the events a killed run wrote after the state's step.
+    purge_step = None if state is None else state["tensorboard_step"] + 1
+    writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
     try:
-        fit(config, dataset, model, device, generator, run_dir, writer, on_epoch, test)
+        fit(config, dataset, model, device, generator, run_dir, writer, on_epoch, test, state)
     except BaseException as err:
-        writer.close()
+        with contextlib.suppress(Exception):  # a full disk may fail its flush too
+            writer.close()
         abandon_run(run_dir, err)
         raise
     writer.close()
     write_run_status(run_dir, "completed")
+    (run_dir / TRAINING_STATE).unlink(missing_ok=True)
     return run_dir
 
 
@@ -119,40 +154,42 @@ def fit(
     writer: SummaryWriter,
     on_epoch: EpochCallback | None = None,
     test: bool = True,
+    resumed: dict[str, Any] | None = None,
 ) -> None:
     """The epochs of one run, then the best checkpoint scored on dev and test (unless
     `test` is False; `on_epoch` gets each epoch's dev figures); writes checkpoint.pt,
-    metrics.json, the figures and TensorBoard logs into `run_dir`."""
+    training_state.pt (every epoch), metrics.json, the figures and TensorBoard logs into
+    `run_dir`. A `resumed` training state continues after its epoch."""
     cfg = config.train
     log_start(config, dataset, model, device, run_dir)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer)
     loss_fn = build_loss(config, dataset, device)
     scaler = grad_scaler(device, config.train.amp)
+    loop = Loop(model, optimizer, scheduler, scaler, generator)
+    progress = Progress() if resumed is None else restore_training_state(resumed, loop, run_dir)
 
-    best_f1, best_epoch, epoch_times = -1.0, 0, []
-    for epoch in range(1, cfg.epochs + 1):
+    while not progress.finished(cfg):
+        epoch = progress.epoch + 1
         train_loss, train_metrics, seconds = train_epoch(
             model, dataset, config, optimizer, scaler, loss_fn, generator, device, epoch
         )
-        epoch_times.append(seconds)
         dev_metrics, dev_loss = score_dev(model, dataset, config, device, epoch)
         if scheduler is not None:
             scheduler.step(dev_loss)
         lr = optimizer.param_groups[0]["lr"]
-        improved = dev_metrics["weighted_f1"] > best_f1
+        improved = progress.record(epoch, seconds, dev_metrics["weighted_f1"])
         if improved:
-            best_f1, best_epoch = dev_metrics["weighted_f1"], epoch
             save_checkpoint(run_dir / CHECKPOINT, model, config, dataset, epoch)
         record = EpochRecord(epoch, seconds, train_loss, train_metrics, dev_loss, dev_metrics, lr)
         log_epoch(writer, record, improved)
+        save_training_state(run_dir, config, progress, loop, writer)
         if on_epoch is not None:
-            on_epoch(record.figures(best_f1, best_epoch))
-        if cfg.early_stopping and epoch - best_epoch >= cfg.early_stopping:
-            log.info("early stop: no dev weighted-F1 gain for %d epochs", cfg.early_stopping)
-            break
+            on_epoch(record.figures(progress.best_f1, progress.best_epoch))
+    if progress.stopped_early(cfg.early_stopping):
+        log.info("early stop: no dev weighted-F1 gain for %d epochs", cfg.early_stopping)
 
-    finish_run(config, dataset, model, device, run_dir, writer, best_epoch, epoch_times, test)
+    finish_run(config, dataset, model, device, run_dir, writer, progress, test)
 
 
 @dataclass
@@ -287,14 +324,13 @@ def finish_run(
     device: torch.device,
     run_dir: Path,
     writer: SummaryWriter,
-    best_epoch: int,
-    epoch_times: list[float],
+    progress: Progress,
     test: bool = True,
 ) -> None:
     """Reload the best checkpoint and score it on dev (and test) exactly as
     ``corect.evaluate`` does; write metrics.json, the confusion figures and TensorBoard's
     hyperparameter table."""
-    cfg = config.train
+    cfg, best_epoch, epoch_times = config.train, progress.best_epoch, progress.epoch_times
     model.load_state_dict(load_checkpoint(run_dir, device)["state_dict"])
     scored: dict[str, dict[str, Any]] = {}
     for name in ("dev", "test") if test else ("dev",):

@@ -18,11 +18,13 @@ writes under the output directory (default ``<train.runs_dir>/benchmarks/<name>-
 
 The result files are rewritten (atomically) after every run, so an interrupted
 benchmark leaves the finished runs tabulated (``"complete": false``); run it again with
-the same output directory and the finished runs (same resolved config) are reused, not
-retrained. A failing run stops the benchmark with an error naming the model and seed.
+the same output directory and the finished runs (same resolved config) are reused, the run
+that was training resumes from its last finished epoch, with the figures of an
+uninterrupted run (:mod:`corect.experiments.reuse`). A failing run stops the benchmark
+with an error naming the model and seed.
 With a Ray backend the runs train as Ray tasks, several at once
-(:mod:`corect.experiments.backends`); the files, the reuse and the failure handling are
-the same.
+(:mod:`corect.experiments.backends`); the files, the reuse, the resuming and the failure
+handling are the same.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -43,6 +45,7 @@ from corect.common.files import read_json, write_atomic
 from corect.common.metrics import SCORES
 from corect.common.runtime import timestamp
 from corect.config import MODES, Config, ConfigError, load_config
+from corect.experiments.reuse import TrainFn, train_or_reuse
 from corect.experiments.runner import (
     Backend,
     experiment_folder,
@@ -50,7 +53,6 @@ from corect.experiments.runner import (
     fmt_mean_std,
     run_plan,
     seed_scores,
-    train_or_reuse,
     training_config,
 )
 from corect.models.registry import DEFAULT_VARIANTS, VARIANTS, is_reference
@@ -286,7 +288,7 @@ def run_benchmark(
     name: str | None = None,
     *,
     command: str = "",
-    train_fn: Callable[[Config], Path] | None = None,
+    train_fn: TrainFn | None = None,
     modes: Sequence[str] = (),
     backend: Backend | None = None,
 ) -> Benchmark:
@@ -296,7 +298,8 @@ def run_benchmark(
     Every run's config is built and validated before anything is made, so a typo in a
     model name or an override fails at once. `out_dir` (default: a new folder
     ``<train.runs_dir>/benchmarks/<name>-<date-time>``) may hold an earlier benchmark,
-    whose finished runs are reused. `train_fn` defaults to
+    whose finished runs are reused and unfinished ones resumed. `train_fn` (called as
+    ``train_fn(config)`` and ``train_fn(config, resume=RUN_DIR)``) defaults to
     :func:`corect.engine.training.train`; `backend` (default: this process, one run after
     another) says where runs train.
     """
@@ -344,11 +347,9 @@ def record_run(
     bench.results = [done[k] for k in sorted(done)]
 
 
-def train_item(
-    item: PlanItem, train_fn: Callable[[Config], Path], runs_dir: Path
-) -> tuple[Path, float]:
-    """Train one planned run (or reuse a finished one under `runs_dir`), wherever the
-    backend runs it: its directory and the seconds it took."""
+def train_item(item: PlanItem, train_fn: TrainFn, runs_dir: Path) -> tuple[Path, float]:
+    """Train one planned run (or reuse or resume an earlier one under `runs_dir`),
+    wherever the backend runs it: its directory and the seconds it took."""
     model, seed, config = item
     log.info("run %s seed %d: %s", model, seed, " ".join(model_overrides(model)))
     start = time.perf_counter()

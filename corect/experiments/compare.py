@@ -21,8 +21,10 @@ run, under ``<train.runs_dir>/compare/<name>-<date-time>/``:
   offline (:func:`corect.common.plots.modes_figure`), once both modes have a run;
 - ``compare.log``: the log, training included.
 
-With a Ray backend the runs train as Ray tasks, several at once
-(:mod:`corect.experiments.backends`); everything else is the same.
+Run again with the same ``--out``, the comparison trains the runs of the same names: the
+finished ones are reused and the one that was training resumes from its last finished
+epoch (:mod:`corect.experiments.reuse`). With a Ray backend the runs train as Ray tasks,
+several at once (:mod:`corect.experiments.backends`); everything else is the same.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from corect.data.format import DatasetError
 from corect.engine.checkpoints import load_data, load_run
 from corect.engine.scoring import score_run
 from corect.engine.training import train
+from corect.experiments.reuse import recorded_run_name, train_or_reuse
 from corect.experiments.runner import (
     Backend,
     check_comparable,
@@ -55,7 +58,6 @@ from corect.experiments.runner import (
     fmt_mean_std,
     mean_std,
     run_plan,
-    train_or_reuse,
     training_config,
 )
 
@@ -85,6 +87,7 @@ class Comparison:
     description: str = ""
     command: str = ""
     runs: list[ModeRun] = field(default_factory=list)
+    run_name: str = ""  # the trained runs' names, <run_name>-seed<k>; "" for given runs
 
     def values(self, mode: str, getter: Any) -> dict[int, float]:
         """seed -> figure (in %) of `mode`'s runs; `getter` picks it from a metrics dict."""
@@ -166,6 +169,7 @@ class Comparison:
             "command": self.command,
             "description": self.description,
             "split": self.split,
+            "run_name": self.run_name,
             "labels": self.labels,
             "rows": self.rows(),
             "runs": [
@@ -347,19 +351,24 @@ def compare(
     train on `backend` (default: here, one after another); scoring is done here.
     `out_dir` defaults to a new folder ``<train.runs_dir>/compare/<name>-<date-time>``."""
     name = name or (Path(config_path).stem if config_path else "synthetic")
-    stamp = timestamp()
+    stamp, run_name = timestamp(), ""
     if runs or causal_runs:
         plan = given_plan(runs, causal_runs)
         base = load_run(plan[0][1])[0]
     else:
-        plan = trained_plan(config_path, overrides, seeds, f"{name}-{stamp}")
+        run_name = recorded_run_name(out_dir, name) or f"{name}-{stamp}"
+        plan = trained_plan(config_path, overrides, seeds, run_name)
         base = plan[0][1]
     out = experiment_folder(out_dir, Path(base.train.runs_dir) / "compare", f"{name}-{stamp}")
     with experiment_log(out / "compare.log"):
         dataset = load_data(base)
         if split not in dataset.splits:
             raise DatasetError(f"split {split!r} not in dataset {dataset.path}")
-        comparison = Comparison(name, out, list(dataset.labels), len(plan), split, command=command)
+        comparison = Comparison(
+            name, out, list(dataset.labels), len(plan), split, command=command, run_name=run_name
+        )
+        if run_name:
+            comparison.write(complete=False)  # the run names, for a rerun with this --out
         log.info("compare %s: %d runs -> %s", name, len(plan), out)
         run_plan(
             plan,
@@ -374,8 +383,8 @@ def compare(
 
 
 def train_item(item: PlanItem, dataset_name: str) -> Path:
-    """The run directory of a plan item: a given run, or its config trained (or a
-    finished run reused) under ``<train.runs_dir>/<dataset_name>``."""
+    """The run directory of a plan item: a given run, or its config trained (or an
+    earlier run reused or resumed) under ``<train.runs_dir>/<dataset_name>``."""
     mode, given = item
     if isinstance(given, Path):
         return given

@@ -1,15 +1,14 @@
 """The one experiment runner behind the multi-run commands (``benchmark``,
-``compare_modes``, ``tune``'s final runs): run configs, seeds, logging, progress, reuse
-of finished runs, result files rewritten after every run, and mean ± std over seeds.
+``compare_modes``, ``tune``'s final runs): run configs, seeds, logging, progress, result
+files rewritten after every run, and mean ± std over seeds.
 
 A command plans its runs (every config built and validated before the first one
 trains), then :func:`run_plan` trains them, one after another in this process or as
 tasks of a :class:`Backend` (:class:`corect.experiments.backends.RayBackend`), under one log file
 (training included) and one progress bar. As each run finishes, the command records it
 and its ``write(complete)`` rewrites the results here, in the driver, so that an
-interrupted experiment leaves its finished runs tabulated whatever ran them.
-:func:`train_or_reuse` trains a run unless a finished run with the same resolved config
-is found.
+interrupted experiment leaves its finished runs tabulated whatever ran them; run again,
+its runs are reused, resumed or trained anew (:mod:`corect.experiments.reuse`).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from corect.common.files import output_directory
 from corect.common.metrics import SCORES
 from corect.common.runtime import setup_logging
 from corect.config import Config, ConfigError, add_overrides_argument, load_config
-from corect.engine.checkpoints import run_status
 
 log = logging.getLogger("corect.experiments.runner")
 # Config keys that may differ between the runs being compared.
@@ -145,7 +143,7 @@ def training_config(
 
 def experiment_folder(out_dir: str | Path | None, parent: Path, name: str) -> Path:
     """The output folder of an experiment: `out_dir` when given (made if missing; it may
-    hold an earlier run of the same experiment, whose finished runs are reused), else a
+    hold an earlier run of the same experiment, whose runs are reused or resumed), else a
     new folder ``parent/name`` (:func:`corect.common.files.output_directory`)."""
     if not out_dir:
         return output_directory(parent, name)
@@ -253,44 +251,6 @@ def run_plan(
         outputs.close()  # a backend cancels the runs not finished
         progress.close()
     write(True)
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config without the keys that do not change what is trained."""
-    train = {k: v for k, v in config["train"].items() if k not in ("runs_dir", "progress")}
-    return {**config, "train": train}
-
-
-def finished_run(runs_dir: Path, config: Config) -> Path | None:
-    """A run under `runs_dir` that completed (run.json; metrics.json for older runs) with
-    exactly `config` (its place and progress bars aside), or None. Lets an interrupted
-    experiment, run again with the same output, keep the runs it already has."""
-    wanted = _comparable(config.to_dict())
-    name = config.train.run_name
-    if not name or not runs_dir.is_dir():
-        return None
-    for metrics in sorted(runs_dir.glob(f"**/{name}*/metrics.json")):
-        run_dir = metrics.parent
-        if run_dir.name != name and not run_dir.name.removeprefix(f"{name}-").isdigit():
-            continue
-        if run_status(run_dir) != "completed":
-            continue
-        try:
-            saved = load_config(run_dir / "config.yaml").to_dict()
-        except ConfigError:
-            continue
-        if _comparable(saved) == wanted:
-            return run_dir
-    return None
-
-
-def train_or_reuse(config: Config, train_fn: Callable[[Config], Path], runs_dir: Path) -> Path:
-    """The directory of a finished run of `config` under `runs_dir`, or of a new one."""
-    finished = finished_run(runs_dir, config)
-    if finished is not None:
-        log.info("reusing the finished run %s", finished)
-        return finished
-    return Path(train_fn(config))
 
 
 def flat_config(config: Config) -> dict[str, Any]:

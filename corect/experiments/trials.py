@@ -6,32 +6,48 @@ and reports dev weighted F1 after every epoch (:func:`run_trial`); trials are ju
 their best dev weighted F1 so far (:data:`METRIC`: what their selected checkpoint
 scores), ASHA stops weak ones early, values are drawn at random or by Optuna, and the
 first trial is the config's own values when they lie in the space. Test is never scored.
-Ray is imported only inside the functions that use it.
+
+Nothing a trial trained is lost: every epoch's report carries a Ray Tune checkpoint, the
+trial's run folder with its training state (:func:`report_epoch`; Tune keeps the latest).
+A trial that Tune restarts (a failed trial, up to :data:`TRIAL_RETRIES` times: a lost
+worker, a preempted node; or a restored experiment) gets its run folder back as of that
+checkpoint and resumes from its last reported epoch (:func:`run_trial`). Run again with
+the same output folder, the search restores the interrupted one (``Tuner.restore``):
+finished trials are kept, unfinished and failed ones continue from their last epoch; a
+search with other settings (:data:`SETTINGS`) is refused. Ray is imported only inside the
+functions that use it.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import io
+import json
 import logging
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm import tqdm
 
-from corect.common.files import write_atomic, write_json_atomic
+from corect.common.files import atomic_target, read_json, write_atomic, write_json_atomic
 from corect.config import Config, ConfigError, load_config
-from corect.engine.training import train
+from corect.engine.checkpoints import load_data, run_directory, write_run_status
+from corect.engine.training import EpochCallback, train
 from corect.experiments.backends import INSTALL_HINT, RayBackend, WorkerContext
 from corect.experiments.runner import fmt_value, markdown_table, training_config
 from corect.experiments.space import Param, config_value, overrides_of, plain
 
 log = logging.getLogger("corect.experiments.trials")
 METRIC = "best_dev_weighted_f1"  # reported every epoch; ASHA and the choice use it
+TRIAL_RETRIES = 2  # times Tune restarts a failed trial from its last checkpoint
+SETTINGS = "search.json"  # what the search in an output folder was run with
 
 
 @dataclass(frozen=True)
@@ -50,15 +66,77 @@ class TrialSetup:
         extra, runs_dir = overrides_of(values), Path(self.runs_dir)
         return training_config(self.config_path, overrides, extra, seed, name, runs_dir)
 
+    def reporter(self, config: Config) -> EpochCallback:
+        """What the trial of `config` calls after every epoch (:func:`report_epoch`)."""
+        return partial(report_epoch, config=config)
+
 
 def run_trial(values: dict[str, Any], setup: TrialSetup) -> None:
-    """One trial, in a Ray Tune worker: train, report dev figures after every epoch,
-    never score test."""
+    """One trial, in a Ray Tune worker: train, or resume from the trial's Tune checkpoint
+    when it has one; report dev figures and a checkpoint after every epoch; never score
+    test."""
     from ray import tune
 
     with setup.context.applied():
         config = setup.config(values, f"trial-{tune.get_context().get_trial_id()}")
-        train(config, on_epoch=tune.report, test=False)
+        checkpoint, resume = tune.get_checkpoint(), None
+        if checkpoint is None:
+            drop_attempts(config)
+        else:
+            with checkpoint.as_directory() as saved:
+                resume = restore_trial(Path(saved), config)
+        train(config, on_epoch=setup.reporter(config), test=False, resume=resume)
+
+
+def trial_folders(config: Config) -> list[Path]:
+    """The run folders of a trial (named after it) under its runs directory."""
+    name = glob.escape(config.train.run_name or "")
+    return sorted(Path(config.train.runs_dir).glob(f"*/*/{name}"))
+
+
+def report_epoch(figures: dict[str, float], config: Config) -> None:
+    """Report an epoch's figures to Ray Tune with the trial's run folder (its training
+    state written for this epoch) as the checkpoint, which Tune copies to its storage."""
+    from ray import tune
+
+    (run_dir,) = trial_folders(config)
+    tune.report(figures, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
+
+
+def drop_attempts(config: Config) -> None:
+    """Remove what an attempt of a trial left before it reported its first epoch: the
+    trial starts over, under its own name."""
+    for run_dir in trial_folders(config):
+        log.info("removing %s: an attempt that reported no epoch; starting over", run_dir)
+        shutil.rmtree(run_dir)
+
+
+def restore_trial(saved: Path, config: Config) -> Path:
+    """The run folder of the trial of `config` made as its Tune checkpoint `saved` holds
+    it (in its place, or where training puts it when it is gone); resume from there."""
+    found = trial_folders(config)
+    run_dir = found[0] if found else run_directory(config, load_data(config))
+    mirror(saved, run_dir)
+    # Its run.json, as saved, names a process that may still live (Tune reuses workers).
+    write_run_status(run_dir, "stopped", error="restarted by Ray Tune from its checkpoint")
+    log.info("resuming trial %s from its Tune checkpoint in %s", config.train.run_name, run_dir)
+    return run_dir
+
+
+def mirror(source: Path, target: Path) -> None:
+    """Make folder `target` hold exactly the files of `source`, each replaced atomically
+    (mirroring again after a kill completes it)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            with atomic_target(target / path.relative_to(source)) as tmp:
+                shutil.copyfile(path, tmp)
+    for path in sorted(target.rglob("*"), reverse=True):  # files before their folders
+        if not (source / path.relative_to(target)).exists():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 @dataclass
@@ -105,7 +183,10 @@ def collect_trials(results: Any, setup: TrialSetup) -> list[Trial]:
     for number, result in enumerate(results):
         frame = result.metrics_dataframe
         records = [] if frame is None or METRIC not in frame else frame.to_dict("records")
-        history = [{k: plain(r[k]) for k in keep} for r in records]
+        # One record per epoch: a trial restored from a checkpoint reports again what it
+        # reported after that checkpoint.
+        by_epoch = {int(r["epoch"]): {k: plain(r[k]) for k in keep} for r in records}
+        history = [by_epoch[epoch] for epoch in sorted(by_epoch)]
         name = str(result.metrics.get("trial_id") or f"#{number}")
         ended = ending(history, result.error, setup.config(result.config, f"trial-{name}"))
         trials.append(Trial(name, result.config, history, ended))
@@ -162,36 +243,97 @@ def search(
     grace_epochs: int = 5,
     search_seed: int = 0,
 ) -> list[Trial]:
-    """Run `trials` trials on Ray Tune with ASHA, Ray being started; return them, best
-    first. The config's own values are the first trial when they lie in the space."""
+    """Run `trials` trials on Ray Tune with ASHA, Ray being started (or continue the
+    search that `out` holds, run with the same settings); return them, best first. The
+    config's own values are the first trial when they lie in the space."""
+    from ray import tune
+
+    base = load_config(config_path, list(overrides))
+    settings = {
+        "config": base.to_dict(),
+        "space": [[p.key, p.kind, p.args] for p in params],
+        "trials": trials,
+        "search": searcher,
+        "grace_epochs": grace_epochs,
+        "search_seed": search_seed,
+    }
+    context = WorkerContext.here(backend.cpus_per_run)
+    setup = TrialSetup(config_path, tuple(overrides), str((out / "trials").resolve()), context)
+    resources = {"cpu": backend.cpus_per_run, "gpu": backend.gpus_per_run}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources)
+    path = str((out / "ray-tune").resolve())
+    if tune.Tuner.can_restore(path):
+        check_settings(out, settings)
+        log.info("search: continuing the one in %s (finished trials kept)", path)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if Path(path).exists():  # killed before Tune first saved the experiment's state
+            log.warning("warning: %s cannot be restored; the search starts anew", path)
+        write_json_atomic(out / SETTINGS, settings)
+        keys = ", ".join(p.key for p in params)
+        log.info("search: %d trials over %s on %s", trials, keys, backend.describe())
+        tuner = new_tuner(trainable, params, base, out, settings)
+    found = collect_trials(tuner.fit(), setup)
+    if not found[0].history:
+        errors = sorted({t.ended for t in found})
+        raise RuntimeError(f"tune: no trial reported a dev score: {'; '.join(errors)}")
+    return found
+
+
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to continue the search in `out` with other settings than it was run with
+    (its :data:`SETTINGS` file), naming what differs."""
+    path = out / SETTINGS
+    if not path.is_file():
+        log.warning("warning: %s is missing: cannot check the search's settings", path)
+        return
+    saved, now = read_json(path), json.loads(json.dumps(settings))
+    saved = saved if isinstance(saved, dict) else {}
+    differ = [k for k in now if k != "config" and saved.get(k) != now[k]]
+    old = saved.get("config") or {}
+    differ += [
+        f"{section}.{key}"
+        for section, values in now["config"].items()
+        for key, value in values.items()
+        if (old.get(section) or {}).get(key) != value
+    ]
+    if differ:
+        raise ConfigError(
+            f"{out} holds a search run with other settings ({', '.join(differ)} differ, see "
+            f"{path}); run it with the same ones to continue it, or give another --out"
+        )
+
+
+def new_tuner(
+    trainable: Any, params: list[Param], base: Config, out: Path, settings: dict[str, Any]
+) -> Any:
+    """A Ray Tune Tuner for the search `settings` describe: ASHA, the sampler, a
+    checkpoint kept per trial, failed trials restarted from it."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    base = load_config(config_path, list(overrides))
     start = {p.key: config_value(base, p.key) for p in params}
     outside = [p.key for p in params if not p.contains(start[p.key])]
     if outside:
         log.warning("no base trial: the config's %s lie outside the space", ", ".join(outside))
-    algorithm = search_algorithm(searcher, [] if outside else [start], search_seed)
+    algorithm = search_algorithm(
+        settings["search"], [] if outside else [start], settings["search_seed"]
+    )
     epochs = base.train.epochs
     # A trial that reaches the last epoch finishes normally (stop_last_trials=False).
     scheduler = ASHAScheduler(
         max_t=epochs,
-        grace_period=min(grace_epochs, epochs),
+        grace_period=min(settings["grace_epochs"], epochs),
         reduction_factor=3,
         stop_last_trials=False,
     )
-    log.info("search: %d trials over %s on %s", trials, ", ".join(start), backend.describe())
-    context = WorkerContext.here(backend.cpus_per_run)
-    setup = TrialSetup(config_path, tuple(overrides), str((out / "trials").resolve()), context)
-    resources = {"cpu": backend.cpus_per_run, "gpu": backend.gpus_per_run}
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, setup=setup), resources),
+    return tune.Tuner(
+        trainable,
         param_space={p.key: p.sampler() for p in params},
         tune_config=tune.TuneConfig(
             metric=METRIC,
             mode="max",
-            num_samples=trials,
+            num_samples=settings["trials"],
             search_alg=algorithm,
             scheduler=scheduler,
             reuse_actors=True,
@@ -200,14 +342,11 @@ def search(
             name="ray-tune",
             storage_path=str(out.resolve()),
             verbose=0,  # the progress bar and the log say enough
-            callbacks=[progress(trials)],
+            callbacks=[progress(settings["trials"])],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
         ),
     )
-    found = collect_trials(tuner.fit(), setup)
-    if not found[0].history:
-        errors = sorted({t.ended for t in found})
-        raise RuntimeError(f"tune: no trial reported a dev score: {'; '.join(errors)}")
-    return found
 
 
 def write_trials(trials: list[Trial], out: Path) -> None:

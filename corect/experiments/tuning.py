@@ -8,7 +8,10 @@ Under the output directory (default ``<train.runs_dir>/tune/<name>-<date-time>/`
 ``.json`` (every trial, best first: values, best dev weighted F1 and epoch, epochs run,
 how it ended; JSON: the dev curves); ``results.md``, ``.json`` (test and dev mean ± std
 over seeds per config); ``tune.log``; the runs in ``trials/`` and ``final/``; Ray Tune's
-records in ``ray-tune/``.
+records (and each trial's checkpoint) in ``ray-tune/``; ``search.json``, the search's
+settings. Run again with the same output folder, an interrupted tuning continues: the
+search where it stopped (:mod:`corect.experiments.trials`), the final runs reused or
+resumed (:mod:`corect.experiments.reuse`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from corect.common.runtime import timestamp
 from corect.config import Config, ConfigError, load_config
 from corect.engine.training import train
 from corect.experiments.backends import RayBackend, require_ray
+from corect.experiments.reuse import train_or_reuse
 from corect.experiments.runner import (
     experiment_folder,
     experiment_log,
@@ -34,7 +38,6 @@ from corect.experiments.runner import (
     markdown_table,
     run_plan,
     seed_scores,
-    train_or_reuse,
     training_config,
 )
 from corect.experiments.space import load_space
@@ -45,7 +48,7 @@ FinalItem = tuple[str, int, Config]  # label (best, base), seed, the run's confi
 
 
 def train_final(item: FinalItem, runs_dir: Path) -> Path:
-    """Train a chosen config with one seed (or reuse its finished run)."""
+    """Train a chosen config with one seed (or reuse or resume its earlier run)."""
     return train_or_reuse(item[2], train, runs_dir)
 
 

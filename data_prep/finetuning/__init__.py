@@ -22,6 +22,8 @@ One module per part, in the order a run uses them:
 - :mod:`~data_prep.finetuning.training`: the trainer (one epoch, dev predictions,
   snapshots of the best weights) and the epoch loop;
 - :mod:`~data_prep.finetuning.saving`: the record of the run and the model directory;
+- :mod:`~data_prep.finetuning.resume`: the resumable state saved as the run goes
+  (``<out>.resume.pt``, removed with the model written) and ``--resume`` from it;
 - :mod:`~data_prep.finetuning.run`: :func:`~data_prep.finetuning.run.finetune`, one run
   top to bottom.
 """

@@ -14,6 +14,9 @@ from data_prep.options import ConversionError
 FINETUNE_MODES = ("full", "lora", "frozen")
 DEFAULT_OUT_ROOT = Path("runs/text_models")
 FIT_SPLIT, SELECT_SPLIT = "train", "dev"
+# Settings of how a run goes, not of the model it makes: not recorded, free to change on --resume.
+RUN_OPTIONS = ("progress", "resume", "save_every_steps")
+DEFAULT_SAVE_EVERY = 200  # steps between saves of the resumable state (a few CPU minutes)
 
 
 class FinetuneError(ConversionError):
@@ -46,6 +49,8 @@ class FinetuneConfig:
     lora_dropout: float = 0.1
     lora_targets: list[str] | None = None
     progress: bool = True
+    resume: bool = False  # continue from the state saved beside `out`
+    save_every_steps: int = DEFAULT_SAVE_EVERY  # 0 = save the state only after each epoch
 
 
 def check_config(config: FinetuneConfig) -> None:
@@ -56,6 +61,8 @@ def check_config(config: FinetuneConfig) -> None:
         raise FinetuneError(f"--class-weights {config.class_weights!r}: use {CLASS_WEIGHTS}")
     if config.epochs < 1 or config.batch_size < 1 or config.context < 0:
         raise FinetuneError("--epochs and --batch-size must be >= 1, --context >= 0")
+    if config.save_every_steps < 0:
+        raise FinetuneError(f"--save-every-steps {config.save_every_steps}: use 0 or more")
     if config.max_length < 8:
         raise FinetuneError(f"--max-length {config.max_length}: use at least 8")
 

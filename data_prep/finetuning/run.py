@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,6 +20,13 @@ from data_prep.finetuning.config import (
     default_out,
 )
 from data_prep.finetuning.encoder import context_separator, load_base
+from data_prep.finetuning.resume import (
+    Checkpoint,
+    finished_record,
+    load_state,
+    run_identity,
+    state_path,
+)
 from data_prep.finetuning.saving import finetune_record, model_dir_refusal, save_model
 from data_prep.finetuning.training import build_trainer, fit, restore_best
 from data_prep.finetuning.utterances import read_utterances
@@ -34,7 +42,8 @@ class FinetuneResult:
 
 
 def finetune(config: FinetuneConfig) -> FinetuneResult:
-    """Run one fine-tuning as `config` says and save the adapted model directory."""
+    """Run one fine-tuning as `config` says and save the adapted model directory; with
+    ``config.resume``, continue the run that saved its state beside the output."""
     check_config(config)
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     generator = seed_everything(config.seed)  # the generator orders the training batches
@@ -44,13 +53,19 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
     dataset = load_dataset(config.data, splits=(FIT_SPLIT, SELECT_SPLIT))
     out = config.out or default_out(dataset, config)
     check_output_folder(out, (config.data, base_dir), model_dir_refusal)
+    saved = _saved_state(out, config, base_dir)
+    if isinstance(saved, FinetuneResult):
+        return saved
     tokenizer, encoder = load_base(base_dir, config.progress)
     separator = context_separator(tokenizer, config.context)
     train = read_utterances(dataset, FIT_SPLIT, config.context, separator)
     dev = read_utterances(dataset, SELECT_SPLIT, config.context, separator)
 
     trainer = build_trainer(config, device, tokenizer, encoder, train, dev, dataset.num_classes)
-    outcome = fit(trainer, train, dev, dataset.labels, generator)
+    identity = run_identity(config, device, base_dir, train, dev)
+    checkpoint = Checkpoint(state_path(out), identity, config.save_every_steps, started, clock)
+    resumed = None if saved is None else checkpoint.restore(saved, trainer, generator)
+    outcome = fit(trainer, train, dev, dataset.labels, generator, checkpoint, resumed)
     encoder = restore_best(trainer, outcome)
 
     record = finetune_record(
@@ -62,8 +77,30 @@ def finetune(config: FinetuneConfig) -> FinetuneResult:
         separator=separator,
         trainer=trainer,
         outcome=outcome,
-        started=started,
-        clock=clock,
+        started=checkpoint.started,
+        clock=checkpoint.clock,
     )
     save_model(out, encoder, tokenizer, trainer.head, base_dir, record)
+    checkpoint.remove()
     return FinetuneResult(Path(out), record)
+
+
+def _saved_state(
+    out: Path, config: FinetuneConfig, base_dir: Path
+) -> dict[str, Any] | FinetuneResult | None:
+    """What the run starts from: None (from scratch), the saved state to resume, or, on
+    ``--resume`` of a run that finished, its result (nothing is left to do)."""
+    path = state_path(out)
+    if not config.resume:
+        if path.exists():
+            print(
+                f"note: {path} holds the state of an unfinished run; this run starts over and "
+                "replaces it (--resume continues it)",
+                file=sys.stderr,
+            )
+        return None
+    record = finished_record(out, config, base_dir)
+    if record is not None:
+        print(f"{out}: already finished with these settings; nothing to resume", file=sys.stderr)
+        return FinetuneResult(Path(out), record)
+    return load_state(path)

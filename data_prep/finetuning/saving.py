@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from corect.common.files import atomic_directory
 from corect.data.dataset import Dataset
 from corect.data.text_model import RECORD_FILE, model_identity
-from data_prep.finetuning.config import FIT_SPLIT, SELECT_SPLIT, FinetuneConfig
+from data_prep.finetuning.config import FIT_SPLIT, RUN_OPTIONS, SELECT_SPLIT, FinetuneConfig
 from data_prep.finetuning.training import FitOutcome, Trainer
 from data_prep.finetuning.utterances import Utterances
 
@@ -67,11 +67,7 @@ def finetune_record(
         "class_weights": None
         if weights is None
         else dict(zip(dataset.labels, weights.tolist(), strict=True)),
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in asdict(config).items()
-            if k not in ("data", "out", "model", "progress")
-        },
+        "settings": recorded_settings(config),
         "device": str(trainer.device),
         "mixed_precision": trainer.device.type == "cuda",
         "versions": _versions(),
@@ -80,6 +76,16 @@ def finetune_record(
             "train_seconds": round(outcome.train_seconds, 2),
             "total_seconds": round(time.perf_counter() - clock, 2),
         },
+    }
+
+
+def recorded_settings(config: FinetuneConfig) -> dict[str, Any]:
+    """The settings that shape the model, as the record keeps them (not the paths, recorded
+    apart, nor :data:`RUN_OPTIONS`)."""
+    return {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in asdict(config).items()
+        if k not in ("data", "out", "model", *RUN_OPTIONS)
     }
 
 
@@ -113,6 +119,10 @@ def save_model(
     record: dict[str, Any],
 ) -> Path:
     """Write the model directory atomically (temporary sibling, then renamed)."""
+    max_length = record["settings"]["max_length"]
+    # A fast tokenizer saves the truncation and padding of its last call in tokenizer.json:
+    # make them training's (embed_batch's) whatever ran last (a resumed run may make no call).
+    tokenizer(["."], padding=True, truncation=True, max_length=max_length)
     with atomic_directory(out, model_dir_refusal) as tmp:
         encoder.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -122,7 +132,6 @@ def save_model(
                 shutil.copytree(source, tmp / name)
             elif source.is_file():
                 shutil.copy2(source, tmp / name)
-        max_length = record["settings"]["max_length"]
         (tmp / "sentence_bert_config.json").write_text(
             json.dumps({"max_seq_length": max_length, "do_lower_case": False}, indent=1) + "\n"
         )

@@ -1,15 +1,16 @@
 """Training the encoder and its classifier head: the :class:`Trainer` (one epoch, dev
 predictions, snapshots of the weights that train), built by :func:`build_trainer`, and
-the epoch loop :func:`fit`, which keeps the weights of the best dev epoch."""
+the epoch loop :func:`fit`, which keeps the weights of the best dev epoch and hands the
+state to a :class:`~data_prep.finetuning.resume.Checkpoint` as it goes."""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +24,33 @@ from data_prep.finetuning.config import FinetuneConfig
 from data_prep.finetuning.encoder import embed, prepare_encoder
 from data_prep.finetuning.utterances import Utterances, length_batches
 
+if TYPE_CHECKING:
+    from data_prep.finetuning.resume import Checkpoint
+
 Weights = dict[str, dict[str, torch.Tensor]]  # "encoder" / "head" -> state dict
+
+
+@dataclass
+class Position:
+    """Where training stands: the epoch under way (1-based; past the last one: training
+    is over), its batches done and their loss sums, and the batch-order generator's state
+    before that epoch's batches were drawn (from which a resumed run redraws them)."""
+
+    epoch: int = 1
+    batches_done: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    order: torch.Tensor | None = None
+
+    def add(self, loss: float, size: int) -> None:
+        """Count one batch of `size` utterances done with mean loss `loss`."""
+        self.batches_done += 1
+        self.loss_sum += loss * size
+        self.seen += size
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
 
 
 @dataclass
@@ -53,40 +80,60 @@ class Trainer:
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def train_epoch(self, train: Utterances, batches: list[list[int]], desc: str) -> float:
-        """One pass over `batches` of `train`; the mean training loss."""
-        config, device = self.config, self.device
-        self.encoder.train(config.mode != "frozen")
+    def train_epoch(
+        self,
+        train: Utterances,
+        batches: list[list[int]],
+        position: Position,
+        desc: str,
+        on_step: Callable[[Position], None] | None = None,
+    ) -> float:
+        """One pass over `batches` of `train` from `position` (a resumed epoch skips the
+        batches done and continues their loss sums), calling ``on_step(position)`` after
+        each step; the mean training loss."""
+        self.encoder.train(self.config.mode != "frozen")
         self.head.train()
         labels = torch.tensor(train.labels)
-        bar = tqdm(batches, desc=desc, unit="batch", disable=not config.progress)
-        total_loss, seen = 0.0, 0
+        bar = tqdm(
+            batches[position.batches_done :],
+            desc=desc,
+            unit="batch",
+            initial=position.batches_done,
+            total=len(batches),
+            disable=not self.config.progress,
+        )
         for index in bar:
             if self.step >= self.total_steps:
                 break
-            with autocast(device):
-                if self.frozen_train is not None:
-                    pooled = self.frozen_train[index].to(device)
-                else:
-                    batch = [train.inputs[i] for i in index]
-                    pooled = embed_batch(
-                        self.encoder, self.tokenizer, batch, config.max_length, device
-                    )
-                logits = self.head(pooled.float() * self.scale)
-                loss = self.loss_fn(logits.float(), labels[index].to(device))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
-            total_loss += float(loss.detach()) * len(index)
-            seen += len(index)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+            position.add(self.train_step(train, labels, index), len(index))
+            bar.set_postfix(loss=f"{position.mean_loss:.4f}")
+            if on_step is not None:
+                on_step(position)
         bar.close()
-        return total_loss / max(seen, 1)
+        return position.mean_loss
+
+    def train_step(self, train: Utterances, labels: torch.Tensor, index: list[int]) -> float:
+        """One optimizer step on the utterances `index` of `train`; its loss."""
+        device = self.device
+        with autocast(device):
+            if self.frozen_train is not None:
+                pooled = self.frozen_train[index].to(device)
+            else:
+                batch = [train.inputs[i] for i in index]
+                pooled = embed_batch(
+                    self.encoder, self.tokenizer, batch, self.config.max_length, device
+                )
+            logits = self.head(pooled.float() * self.scale)
+            loss = self.loss_fn(logits.float(), labels[index].to(device))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return float(loss.detach())
 
     def predict_dev(self, dev: Utterances) -> np.ndarray:
         """Class ids the current encoder + head give the dev utterances."""
@@ -185,16 +232,27 @@ def fit(
     dev: Utterances,
     label_names: Sequence[str],
     generator: torch.Generator,
+    checkpoint: Checkpoint | None = None,
+    resumed: tuple[FitOutcome, Position] | None = None,
 ) -> FitOutcome:
     """Train epoch after epoch (batches ordered by `generator`), score dev after each and
-    keep the weights of the best; stop early once ``max_steps`` steps are done."""
+    keep the weights of the best; stop early once ``max_steps`` steps are done. The
+    `checkpoint` saves the state every N steps and after each epoch; a run `resumed` from
+    it (the outcome and position it restored) continues where the saved one stopped."""
     config = trainer.config
     lengths = [len(t) for t in train.inputs]
-    outcome = FitOutcome()
-    for epoch in range(1, config.epochs + 1):
+    outcome, position = resumed or (FitOutcome(), Position())
+
+    def on_step(position: Position) -> None:
+        if checkpoint is not None:
+            checkpoint.after_step(trainer, outcome, position)
+
+    for epoch in range(position.epoch, config.epochs + 1):
         tic = time.perf_counter()
+        position.order = generator.get_state()  # (a resumed run's is back at the saved one)
         batches = length_batches(lengths, config.batch_size, generator)
-        train_loss = trainer.train_epoch(train, batches, f"epoch {epoch}/{config.epochs}")
+        desc = f"epoch {epoch}/{config.epochs}"
+        train_loss = trainer.train_epoch(train, batches, position, desc, on_step)
         outcome.train_seconds += time.perf_counter() - tic
         entry = score_epoch(trainer, dev, label_names, epoch, train_loss, outcome.train_seconds)
         outcome.history.append(entry)
@@ -207,7 +265,11 @@ def fit(
         if entry["dev_weighted_f1"] > outcome.best_weighted_f1:
             outcome.best_epoch, outcome.best_weighted_f1 = epoch, entry["dev_weighted_f1"]
             outcome.best_weights = trainer.snapshot()
-        if trainer.step >= trainer.total_steps:
+        over = trainer.step >= trainer.total_steps
+        position = Position(config.epochs + 1 if over else epoch + 1, order=generator.get_state())
+        if checkpoint is not None:
+            checkpoint.save(trainer, outcome, position)
+        if over:
             break
     return outcome
 
