@@ -233,6 +233,22 @@ def run_status(run_dir: str | Path) -> str:
     return status
 
 
+def live_trainer(run_dir: str | Path) -> int | None:
+    """The process id of a live process of this machine, other than this one, that
+    ``run.json`` says is training `run_dir`; None when there is none (or no readable
+    record)."""
+    try:
+        info = read_json(Path(run_dir) / RUN_STATUS)
+    except InputError:
+        return None
+    if not isinstance(info, dict) or info.get("status") != "running":
+        return None
+    pid = info.get("pid")
+    if info.get("host") != HOST or not isinstance(pid, int) or pid == os.getpid():
+        return None
+    return pid if process_alive(pid) else None
+
+
 def can_resume(run_dir: str | Path) -> bool:
     """Whether `run_dir` holds a training state to continue from (``corect.train
     --resume``) and did not complete."""

@@ -20,7 +20,6 @@ is removed once the run completes (it is about three times the checkpoint's size
 from __future__ import annotations
 
 import logging
-import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,13 +30,13 @@ import torch
 from torch import nn
 
 from corect.common.errors import InputError
-from corect.common.files import HOST, process_alive, read_json, recover
+from corect.common.files import recover
 from corect.config import Config, TrainConfig
 from corect.data.dataset import Dataset
 from corect.engine.checkpoints import (
-    RUN_STATUS,
     TRAINING_STATE,
     check_run_data,
+    live_trainer,
     load_checkpoint,
     run_status,
     save_atomic,
@@ -242,19 +241,12 @@ def load_training_state(path: Path) -> dict[str, Any]:
 
 def check_not_training(run_dir: Path) -> None:
     """:class:`ResumeError` when a live process of this machine is training `run_dir`."""
-    try:
-        info = read_json(run_dir / RUN_STATUS)
-    except InputError:
-        return
-    if not isinstance(info, dict) or info.get("status") != "running":
-        return
-    pid = info.get("pid")
-    if info.get("host") == HOST and isinstance(pid, int) and pid != os.getpid():
-        if process_alive(pid):
-            raise ResumeError(
-                f"{run_dir}: is being trained by process {pid} of this machine; wait for "
-                "it to end, or stop it, before resuming"
-            )
+    pid = live_trainer(run_dir)
+    if pid is not None:
+        raise ResumeError(
+            f"{run_dir}: is being trained by process {pid} of this machine; wait for "
+            "it to end, or stop it, before resuming"
+        )
 
 
 def check_same_config(run_dir: Path, trained: dict[str, Any], config: Config) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 from corect.common.errors import InputError
 from corect.common.files import HOST, read_json
 from corect.config import Config, load_config
-from corect.engine.checkpoints import RUN_STATUS, can_resume, run_status
+from corect.engine.checkpoints import RUN_STATUS, can_resume, live_trainer, run_status
 
 log = logging.getLogger("corect.experiments.reuse")
 # train(config) -> RUN_DIR, and train(config, resume=RUN_DIR) -> RUN_DIR.
@@ -94,16 +93,15 @@ def check_not_busy(run_dir: Path, status: str) -> None:
     from here (on this machine, a dead process shows as ``interrupted``)."""
     if status != "running":
         return
-    info = read_json(run_dir / RUN_STATUS)
-    host, pid = info.get("host"), info.get("pid")
-    if host == HOST and pid == os.getpid():
-        return  # a record this process left: it trains nothing now
-    if host == HOST:
+    pid = live_trainer(run_dir)
+    if pid is not None:
         raise RunBusyError(
             f"{run_dir}: still being trained by process {pid}; wait for it to end or stop it, "
             "then run the command again"
         )
-    log.warning("warning: %s says it trains on %s; taking it over from %s", run_dir, host, HOST)
+    host = read_json(run_dir / RUN_STATUS).get("host")
+    if host != HOST:
+        log.warning("warning: %s says it trains on %s; taking it over from %s", run_dir, host, HOST)
 
 
 def as_trained(run_dir: Path, config: Config) -> Config:
