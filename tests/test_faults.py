@@ -143,12 +143,6 @@ def test_a_kill_aimed_at_a_temporary_lands_while_it_is_written(tmp_path):
     assert len(debris(tmp_path)) == 1  # the temporary, until the next writer recovers it
 
 
-@pytest.mark.xfail(
-    reason="open (issue 23): a run killed while writing its first training_state.pt (or "
-    "its first checkpoint.pt, config.yaml) cannot be resumed; the rerun trains in a new "
-    "folder and the dead run's folder keeps the temporary, which nothing removes",
-    strict=False,
-)
 @pytest.mark.skipif(WRITERS["training"].missing() is not None, reason="no --resume yet")
 def test_a_run_killed_before_its_first_state_leaves_no_temporary(inputs, tmp_path):
     writer = WRITERS["training"]

@@ -361,3 +361,32 @@ def test_a_full_disk_or_read_only_folder_is_named_and_keeps_the_last_state(
     assert can_resume(run_dir)
     assert main(["--resume", str(run_dir), "--quiet"]) == 0
     assert_same_run(run_dir, reference("early"))
+
+
+def dead_run(folder: Path, *files: str, status: str = "running") -> Path:
+    """A run folder as a process that died (pid 2**22 + 1 runs nowhere) left it."""
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).write_text("x")
+    record = {"status": status, "host": corect.common.files.HOST, "pid": 2**22 + 1}
+    (folder / "run.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_a_dead_run_without_a_state_gives_its_name_back_and_others_are_kept(tmp_path):
+    from corect.engine.checkpoints import clear_dead_run
+
+    killed = dead_run(tmp_path / "killed", "checkpoint.pt", ".training_state.pt.tmp-x-1-ab")
+    assert clear_dead_run(killed) and not killed.exists()
+    with_state = dead_run(tmp_path / "with-state", TRAINING_STATE)
+    done = dead_run(tmp_path / "done", "checkpoint.pt", status="completed")
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.yaml").write_text("x")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert not clear_dead_run(with_state) and (with_state / TRAINING_STATE).exists()
+    assert not clear_dead_run(done) and (done / "checkpoint.pt").exists()
+    assert not clear_dead_run(foreign) and (foreign / "notes.txt").exists()
+    assert clear_dead_run(config_only) and not config_only.exists()

@@ -65,7 +65,28 @@ def run_directory(config: Config, dataset: Dataset) -> Path:
         / f"{config.data.modalities}--{dataset.task}--{model}"
     )
     name = config.train.run_name or f"{timestamp()}-seed{config.train.seed}"
+    clear_dead_run(group / name)
     return output_directory(group, name)
+
+
+def clear_dead_run(run_dir: Path) -> bool:
+    """Remove `run_dir` when it is a run whose process died (a SIGKILL, a power cut) before
+    its first training state was written: nothing to resume (the policy of
+    :func:`corect.experiments.reuse.train_or_reuse` too), only what the dead process left
+    (its log, perhaps a first checkpoint, a half-written temporary). So a rerun under the
+    same ``train.run_name`` takes the name back and leaves no debris. True if removed."""
+    if not run_dir.is_dir() or (run_dir / TRAINING_STATE).exists():
+        return False
+    if not (run_dir / RUN_STATUS).exists():  # killed before run.json: only its config?
+        for name in ("config.yaml", RUN_STATUS):
+            recover(run_dir / name)  # the dead writer's temporaries
+        if {entry.name for entry in run_dir.iterdir()} - {"config.yaml"}:
+            return False
+    elif not run_status(run_dir).startswith("interrupted"):
+        return False
+    log.info("removing %s: its process died before its first epoch ended", run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
 
 
 def load_data(config: Config) -> Dataset:
