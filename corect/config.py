@@ -25,6 +25,9 @@ MODALITIES = ("t", "a", "v")
 ENCODER_KINDS = ("mlp", "transformer", "lstm")
 EDGE_TYPES = ("temp", "multi", "temp_multi")
 MODES = ("offline", "causal")  # model.causal false / true
+REPRESENTATIONS = ("head", "encoder")  # train.loss.representation
+PROTOTYPES = ("off", "running", "learned")  # train.loss.prototype
+FEATURE_LOSSES = ("mse", "cosine")  # train.distill.feature_loss
 
 
 class ConfigError(InputError):
@@ -109,6 +112,38 @@ class ModelConfig:
 
 
 @dataclass
+class LossConfig:
+    """Training objective: cross-entropy plus optional auxiliary terms (docs/objectives.md).
+
+    Every term is off by default; with all off the loss is the plain (class-weighted)
+    cross-entropy. ``representation`` is the utterance vector the contrastive and
+    prototype terms use: ``head`` (the classifier's input) or ``encoder`` (the shared
+    encoders' outputs, speaker embedding added, modalities concatenated)."""
+
+    label_smoothing: float = 0.0  # of the cross-entropy, in [0, 1)
+    supcon_weight: float = 0.0  # supervised contrastive term; 0 = off
+    supcon_temperature: float = 0.1
+    representation: str = "head"  # head | encoder
+    prototype: str = "off"  # off | running (class means, EMA) | learned (parameters)
+    prototype_weight: float = 0.5
+    prototype_temperature: float = 0.1
+    prototype_momentum: float = 0.9  # EMA of the running prototypes
+
+
+@dataclass
+class DistillConfig:
+    """Distillation from a trained teacher run (docs/objectives.md); off while
+    ``teacher_run`` is empty. Its logits (and head inputs) on the train split are computed
+    once and cached under ``data.cache_dir``."""
+
+    teacher_run: str = ""  # a run directory trained on the same dataset and labels
+    temperature: float = 2.0
+    logit_weight: float = 1.0  # KL(teacher || student) of the softened logits, times T^2
+    feature_weight: float = 0.0  # student head input, projected, onto the teacher's
+    feature_loss: str = "mse"  # mse | cosine
+
+
+@dataclass
 class TrainConfig:
     """Optimisation, selection and bookkeeping."""
 
@@ -134,6 +169,8 @@ class TrainConfig:
     run_name: str = ""  # empty = <date-time>-seed<seed>
     progress: bool = True
     figures: bool = True  # confusion-matrix figures (PNG + TensorBoard) for dev and test
+    loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -191,7 +228,24 @@ class Config:
             raise ConfigError(f"train.optimizer={t.optimizer!r}: adam or adamw")
         if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
             raise ConfigError(f"train.device={t.device!r}: auto, cpu, cuda or cuda:N")
+        self._check_objectives()
         return self
+
+    def _check_objectives(self) -> None:
+        """``train.loss`` and ``train.distill``: known choices, a teacher that teaches."""
+        loss, distill = self.train.loss, self.train.distill
+        for key, value, choices in (
+            ("train.loss.representation", loss.representation, REPRESENTATIONS),
+            ("train.loss.prototype", loss.prototype, PROTOTYPES),
+            ("train.distill.feature_loss", distill.feature_loss, FEATURE_LOSSES),
+        ):
+            if value not in choices:
+                raise ConfigError(f"{key}={value!r}: choose one of {', '.join(choices)}")
+        if distill.teacher_run and distill.logit_weight == 0 and distill.feature_weight == 0:
+            raise ConfigError(
+                f"train.distill.teacher_run={distill.teacher_run!r} teaches nothing: "
+                "train.distill.logit_weight and train.distill.feature_weight are both 0"
+            )
 
     def _check_synthetic(self) -> None:
         """The synthetic dataset's dims: known modalities, positive sizes, every used one."""
@@ -236,6 +290,11 @@ POSITIVE_INTS = (
     "data.synthetic.test_dialogues data.synthetic.min_length"
 ).split()
 
+NON_NEGATIVE = (
+    "train.weight_decay train.grad_clip model.input_noise train.loss.supcon_weight "
+    "train.loss.prototype_weight train.distill.logit_weight train.distill.feature_weight"
+).split()
+
 
 def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
     """(key, whether its value is in range, the requirement) for every numeric key."""
@@ -249,10 +308,14 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
         "model.part_dropout",
         "train.modality_dropout",
         "train.utterance_dropout",
+        "train.loss.label_smoothing",
+        "train.loss.prototype_momentum",
     ):
         checks.append((key, 0 <= v[key] < 1, "must be in [0, 1)"))
-    for key in ("train.weight_decay", "train.grad_clip", "model.input_noise"):
+    for key in NON_NEGATIVE:
         checks.append((key, v[key] >= 0, "must be >= 0 (0 = off)"))
+    for key in ("loss.supcon_temperature", "loss.prototype_temperature", "distill.temperature"):
+        checks.append((f"train.{key}", v[f"train.{key}"] > 0, "must be positive"))
     checks.append(("model.num_speakers", v["model.num_speakers"] >= 0, "0 (from the data) or more"))
     for key in ("train.seed", "data.synthetic.seed"):
         checks.append((key, 0 <= v[key] < 2**32, "must be in 0 .. 2**32 - 1"))

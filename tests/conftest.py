@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -93,3 +96,50 @@ def tiny_synthetic() -> SyntheticConfig:
         max_length=7,
         dims=dict(TINY_DIMS),
     )
+
+
+TEXT_LABELS = ["joy", "anger", "neutral"]
+TEXT_LINES = [
+    "I got the job, I can't believe it!",
+    "Stop touching my things.",
+    "The train leaves at nine.",
+    "That is wonderful news.",
+    "You never listen to me!",
+    "Okay, see you tomorrow.",
+]
+
+
+@pytest.fixture(scope="session")
+def text_causal_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny causal text run on a converted JSONL dataset whose text features come from
+    the bundled MiniLM encoder (so a service encodes new texts itself): ``run`` and
+    ``data`` (the dataset, with texts in its test split). About 10 s, once a session."""
+    from corect.config import load_config
+    from corect.train import train
+    from data_prep import jsonl
+
+    root = tmp_path_factory.mktemp("text_causal_run")
+    lines = []
+    for d, split in enumerate(["train"] * 4 + ["dev"] * 2 + ["test"] * 3):
+        utterances = [
+            {
+                "speaker": "AB"[k % 2],
+                "text": TEXT_LINES[(d + k) % len(TEXT_LINES)],
+                "label": TEXT_LABELS[(d + k) % len(TEXT_LINES) % 3],
+            }
+            for k in range(3 + d % 3)
+        ]
+        lines.append({"id": f"d{d}", "split": split, "utterances": utterances})
+    source = root / "dialogues.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    data = root / "data"
+    jsonl.convert(
+        [str(source), "--modalities", "t", "--labels", ",".join(TEXT_LABELS), "--quiet"]
+        + ["--text-cache-dir", str(root / "text_cache"), "--out", str(data)]
+    )
+    overrides = [f"data.path={data}", "data.modalities=t", "model.causal=true"]
+    overrides += ["model.hidden_size=8", "model.gnn_heads=1", "model.encoder_heads=1"]
+    overrides += ["model.pcm_heads=1", "model.pcm_layers=1", "model.pcm_self_layers=1"]
+    overrides += ["train.epochs=1", "train.batch_size=3", "train.progress=false"]
+    overrides += ["train.figures=false", f"train.runs_dir={root / 'runs'}"]
+    return {"run": train(load_config(None, overrides)), "data": data}

@@ -15,7 +15,7 @@ from corect.models.rtgcn import RTGCN
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = {"train", "evaluate", "predict", "stream", "speed", "benchmark", "compare_modes"}
-COMMANDS |= {"tune", "diagnose"}
+COMMANDS |= {"tune", "diagnose", "serve"}
 
 
 def imported_modules(path: Path) -> set[str]:

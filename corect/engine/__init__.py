@@ -9,5 +9,7 @@
   stopped run resumes;
 - :mod:`~corect.engine.scoring`: predictions on a split and a trained run scored again;
 - :mod:`~corect.engine.losses`: class weights for the loss;
+- :mod:`~corect.engine.objectives`, :mod:`~corect.engine.distillation`: the terms of
+  ``train.loss`` and ``train.distill`` (contrastive, prototypes, a teacher's targets);
 - :mod:`~corect.engine.diagnostics`: what each part of a trained CORECT does.
 """

@@ -5,6 +5,8 @@ continues where it stopped (``python -m corect.train --resume RUN_DIR``).
 written atomically once an epoch is scored (and its best checkpoint, if any, saved):
 
 - ``model``, ``optimizer``, ``scheduler``, ``scaler``: the state dicts of the loop;
+- ``objective``: the loss module's state dict (:mod:`corect.engine.objectives`: learned
+  or running prototypes, the distillation projection; the cross-entropy's class weights);
 - ``progress``: the last finished ``epoch``, ``best_f1`` and ``best_epoch`` (the best-dev
   record, which with ``epoch`` is the early-stopping position) and ``epoch_times``;
 - ``rng``: Python's, NumPy's and torch's global random states (CUDA's too once CUDA is in
@@ -91,6 +93,7 @@ class Loop:
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None
     scaler: torch.amp.GradScaler
     generator: torch.Generator  # batch order, modality and utterance dropout
+    objective: nn.Module | None = None  # the loss (its prototypes, projection)
 
 
 def save_training_state(
@@ -104,10 +107,11 @@ def save_training_state(
         "format": STATE_FORMAT,
         "config": config.to_dict(),
         "progress": asdict(progress),
-        "model": {k: v.detach().cpu() for k, v in loop.model.state_dict().items()},
+        "model": _cpu(loop.model.state_dict()),
         "optimizer": loop.optimizer.state_dict(),
         "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else None,
         "scaler": loop.scaler.state_dict(),
+        "objective": _cpu(loop.objective.state_dict()) if loop.objective is not None else {},
         "rng": random_states(loop.generator),
         "tensorboard_step": progress.epoch,
         "device": str(next(loop.model.parameters()).device),
@@ -123,6 +127,8 @@ def restore_training_state(state: dict[str, Any], loop: Loop, run_dir: Path) -> 
     if loop.scheduler is not None:
         loop.scheduler.load_state_dict(state["scheduler"])
     loop.scaler.load_state_dict(state["scaler"])
+    if loop.objective is not None and "objective" in state:  # states before issue 22 lack it
+        loop.objective.load_state_dict(state["objective"])
     set_random_states(state["rng"], loop.generator)
     progress = Progress(**state["progress"])
     device = str(next(loop.model.parameters()).device)
@@ -142,6 +148,10 @@ def restore_training_state(state: dict[str, Any], loop: Loop, run_dir: Path) -> 
         progress.best_epoch,
     )
     return progress
+
+
+def _cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in state_dict.items()}
 
 
 def random_states(generator: torch.Generator) -> dict[str, Any]:

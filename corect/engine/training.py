@@ -32,7 +32,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +73,7 @@ from corect.engine.checkpoints import (
     write_run_status,
 )
 from corect.engine.losses import class_weights
+from corect.engine.objectives import auxiliary_terms_on, build_objective
 from corect.engine.reports import log_epoch, log_results, log_start
 from corect.engine.scoring import evaluate_split
 from corect.engine.state import (
@@ -162,11 +163,11 @@ def fit(
     `run_dir`. A `resumed` training state continues after its epoch."""
     cfg = config.train
     log_start(config, dataset, model, device, run_dir)
-    optimizer = build_optimizer(config, model)
+    loss_fn = build_loss(config, dataset, device, model)
+    optimizer = build_optimizer(config, model, loss_fn.parameters())
     scheduler = build_scheduler(config, optimizer)
-    loss_fn = build_loss(config, dataset, device)
     scaler = grad_scaler(device, config.train.amp)
-    loop = Loop(model, optimizer, scheduler, scaler, generator)
+    loop = Loop(model, optimizer, scheduler, scaler, generator, loss_fn)
     progress = Progress() if resumed is None else restore_training_state(resumed, loop, run_dir)
 
     while not progress.finished(cfg):
@@ -284,8 +285,9 @@ def train_step(
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimisation step on `batch`: modality and utterance dropout, forward under
-    autocast, loss, backward (scaled), gradient clipping, optimizer step. Returns (loss,
-    logits, labels) of the batch as it was fed (on `device`)."""
+    autocast, loss, backward (scaled), gradient clipping (of every parameter the optimizer
+    steps, the objective's too), optimizer step. Returns (loss, logits, labels) of the
+    batch as it was fed (on `device`)."""
     cfg = config.train
     batch = drop_modalities(batch, cfg.modality_dropout, generator)
     batch = drop_utterances(batch, cfg.utterance_dropout, generator).to(device)
@@ -296,7 +298,8 @@ def train_step(
     scaler.scale(loss).backward()
     if cfg.grad_clip > 0:
         scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     scaler.step(optimizer)
     scaler.update()
     return loss, logits, batch.labels
@@ -359,12 +362,16 @@ def finish_run(
     log_results(writer, run_dir, config, dataset, scored, best_epoch, results["seconds_per_epoch"])
 
 
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(
+    config: Config, model: nn.Module, extra: Iterable[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
     """Adam or AdamW as ``config.train`` says, with the fused (one kernel for all
-    parameters) implementation: same update, several times faster on CPU."""
+    parameters) implementation: same update, several times faster on CPU. `extra`: the
+    objective's parameters (learned prototypes, a distillation projection), after the
+    model's, in the same group."""
     cfg = config.train
     optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    params = list(model.parameters())
+    params = [*model.parameters(), *extra]
     fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params)
     return optimizer_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
@@ -382,10 +389,19 @@ def build_scheduler(
     )
 
 
-def build_loss(config: Config, dataset: Dataset, device: torch.device) -> nn.Module:
+def build_loss(
+    config: Config, dataset: Dataset, device: torch.device, model: nn.Module
+) -> nn.Module:
     """Cross-entropy over the labelled utterances, classes weighted by their inverse
-    train frequency when ``train.class_weights`` is on."""
+    train frequency when ``train.class_weights`` is on, label-smoothed by
+    ``train.loss.label_smoothing``. With an auxiliary term of ``train.loss`` or
+    ``train.distill`` on, the :class:`~corect.engine.objectives.Objective` around it,
+    its hooks attached to `model`."""
     kind = "balanced" if config.train.class_weights else "none"
     weight = class_weights(dataset.splits["train"].labels, dataset.num_classes, kind)
     weight = weight.to(device) if weight is not None else None
-    return nn.CrossEntropyLoss(weight=weight, ignore_index=-1)
+    smoothing = config.train.loss.label_smoothing
+    loss = nn.CrossEntropyLoss(weight=weight, ignore_index=-1, label_smoothing=smoothing)
+    if not auxiliary_terms_on(config):
+        return loss
+    return build_objective(config, dataset, device, model, loss)

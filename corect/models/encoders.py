@@ -298,6 +298,7 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, num_classes: int, dropout: float) -> None:
         super().__init__()
+        self.in_dim = in_dim  # width of z (train.loss and train.distill read it)
         self.net = nn.Sequential(
             nn.Linear(in_dim, hidden),
             nn.ReLU(),

@@ -105,6 +105,7 @@ class LateHead(nn.Module):
         super().__init__()
         if in_dim % streams:
             raise ValueError(f"LateHead: in_dim={in_dim} is not divisible by {streams} streams")
+        self.in_dim = in_dim  # width of z, the streams concatenated (as ClassifierHead's)
         self.streams = streams
         self.heads = nn.ModuleList(
             ClassifierHead(in_dim // streams, hidden, num_classes, dropout) for _ in range(streams)

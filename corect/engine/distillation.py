@@ -1,0 +1,221 @@
+r"""Distillation from a trained teacher run (``train.distill``; docs/objectives.md).
+
+A teacher is any completed run (any model, any modalities the dataset has: a t+a+v
+CORECT for an audio-only student, a text model for a video one). Before training,
+:func:`teacher_targets`
+
+- refuses an offline teacher for a causal student (:func:`check_causal`: its logits
+  carry the future);
+- loads the student's dataset with the teacher's modalities and checks it is the data
+  the teacher was trained on, exactly as ``corect.evaluate`` checks a run (labels in
+  order, dims, fingerprint: :func:`corect.engine.checkpoints.check_run_data`);
+- reads the teacher's logits and head inputs on the train split from the cache
+  ``<data.cache_dir>/teachers/<key>.safetensors``, or computes them once (eval mode,
+  float32, no autocast) and writes the cache atomically. The key hashes the teacher's
+  checkpoint file and that dataset fingerprint: a retrained teacher or changed data gets
+  a new entry, never a stale one.
+
+:class:`Distillation` is the loss term, on the labelled utterances of a batch:
+
+.. math::
+    \mathcal L_{kd} = \lambda_{kd}\, T^2\, \frac{1}{|\mathcal V|} \sum_{i \in \mathcal V}
+        \mathrm{KL}\big(\mathrm{softmax}(t_i / T) \,\Vert\, \mathrm{softmax}(s_i / T)\big)
+    \qquad
+    \mathcal L_{feat} = \lambda_f\, d(W h^S_i + b,\ h^T_i)
+
+with :math:`t, s` the teacher's and student's logits, :math:`h` the head inputs, and
+:math:`d` the mean squared error (``mse``, averaged over dimensions) or
+:math:`1 - \cos` (``cosine``). The projection W is learned with the student (it joins the
+optimizer and the training state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from corect.common.errors import InputError
+from corect.common.files import atomic_target, recover
+from corect.config import Config, ConfigError, DistillConfig, config_from_dict
+from corect.data.batching import Batch
+from corect.data.dataset import Dataset
+from corect.data.format import DatasetError
+from corect.engine.checkpoints import (
+    CHECKPOINT,
+    CheckpointError,
+    check_run_data,
+    load_checkpoint,
+    load_data,
+    load_run,
+)
+from corect.engine.scoring import predict
+
+CACHE_FORMAT = "1"
+CACHE_FOLDER = "teachers"
+log = logging.getLogger("corect")
+
+
+class DistillError(InputError):
+    """A teacher run that cannot teach this student (missing, other data, offline)."""
+
+
+@dataclass
+class TeacherTargets:
+    """The teacher's outputs on the train split, in split order, and where they came from."""
+
+    logits: torch.Tensor  # [N, classes] float32
+    features: torch.Tensor  # [N, F] float32: the teacher's head inputs
+    offsets: torch.Tensor  # [D + 1] the train split's dialogue offsets
+    path: Path  # the cache file
+    from_cache: bool
+
+
+def teacher_targets(config: Config, dataset: Dataset, device: torch.device) -> TeacherTargets:
+    """The checked teacher's train-split outputs of ``train.distill.teacher_run`` for the
+    student `config` on `dataset` (see the module docstring): from the cache, or computed
+    on `device` and cached. :class:`DistillError` naming the key when it cannot teach."""
+    run_dir = Path(config.train.distill.teacher_run)
+    key = f"train.distill.teacher_run={str(run_dir)!r}"
+    try:
+        checkpoint = load_checkpoint(run_dir)
+        teacher = config_from_dict(checkpoint["config"])
+    except (FileNotFoundError, CheckpointError, ConfigError) as err:
+        raise DistillError(f"{key}: not a trained run to distil from: {err}") from None
+    check_causal(config, teacher, key)
+    modalities = teacher.data.modalities
+    try:
+        view = dataset
+        if modalities != config.data.modalities:
+            data = dataclasses.replace(config.data, modalities=modalities)
+            view = load_data(dataclasses.replace(config, data=data))
+        check_run_data(run_dir, checkpoint, view)
+    except DatasetError as err:
+        raise DistillError(f"{key}: {err}") from None
+    train = view.splits["train"]
+    path = cache_path(config, run_dir / CHECKPOINT, view.fingerprint)
+    cached = read_cache(path, train.num_utterances, len(view.labels))
+    if cached is not None:
+        log.info("teacher %s: outputs read from %s", run_dir, path)
+        return TeacherTargets(*cached, train.offsets, path, True)
+    logits, features = compute_teacher_outputs(run_dir, view, device)
+    metadata = {"format": CACHE_FORMAT, "teacher_run": str(run_dir.resolve())}
+    with atomic_target(path) as tmp:
+        save_file({"logits": logits, "features": features}, str(tmp), metadata=metadata)
+    log.info("teacher %s: outputs computed and cached in %s", run_dir, path)
+    return TeacherTargets(logits, features, train.offsets, path, False)
+
+
+def check_causal(student: Config, teacher: Config, key: str) -> None:
+    """:class:`DistillError` for an offline teacher of a causal student: the teacher's
+    logit of utterance i depends on utterances after i, which a causal model must not
+    see, even through its training targets."""
+    if student.model.causal and not teacher.model.causal:
+        raise DistillError(
+            f"{key}: an offline teacher (model.causal: false) cannot teach a causal student "
+            "(model.causal: true): its logits carry the future (later utterances); "
+            "distil from a causal teacher run"
+        )
+
+
+def cache_path(config: Config, checkpoint: Path, fingerprint: str) -> Path:
+    """``<data.cache_dir>/teachers/<key>.safetensors``, the key a hash of the teacher's
+    checkpoint file, the fingerprint of its view of the data and the cache format."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT}:{fingerprint}:".encode())
+    with checkpoint.open("rb") as file:
+        digest.update(hashlib.file_digest(file, "sha256").digest())
+    return Path(config.data.cache_dir) / CACHE_FOLDER / f"{digest.hexdigest()[:32]}.safetensors"
+
+
+def read_cache(path: Path, rows: int, classes: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(logits, features) of a cache file that fits `rows` utterances and `classes`;
+    None when there is none, or it is unreadable or does not fit (it is then rewritten)."""
+    recover(path)  # the temporaries of a killed write
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))
+        logits, features = tensors["logits"], tensors["features"]
+    except Exception as err:  # a damaged file: computed again
+        log.warning("warning: %s is unreadable (%s); computing it again", path, err)
+        return None
+    if logits.shape != (rows, classes) or features.shape[0] != rows:
+        log.warning("warning: %s does not fit the train split; computing it again", path)
+        return None
+    return logits, features
+
+
+@torch.no_grad()
+def compute_teacher_outputs(
+    run_dir: Path, dataset: Dataset, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's best checkpoint on `dataset`'s train split: logits ``[N, classes]``
+    and head inputs ``[N, F]``, float32 on the CPU, in split order. The global random
+    state is left as it was (building the teacher draws its initialisation), so a run
+    that computes them trains as one that reads them from the cache."""
+    with torch.random.fork_rng(devices=[]):
+        teacher_config, model, _ = load_run(run_dir, str(device))
+    inputs: list[torch.Tensor] = []
+    hook = model.head.register_forward_pre_hook(lambda _, args: inputs.append(args[0].cpu()))
+    try:
+        split = dataset.splits["train"]
+        logits = predict(model, split, teacher_config.train.batch_size, device, amp=False)
+    finally:
+        hook.remove()
+    return logits.contiguous(), torch.cat(inputs).float().contiguous()
+
+
+def batch_rows(batch: Batch, offsets: torch.Tensor) -> torch.Tensor:
+    """Row in the split of each real utterance of `batch` ``[N]``, in the order of the
+    model's logits (dialogue after dialogue)."""
+    starts = offsets.to(batch.dialogue_index.device)[batch.dialogue_index]
+    return (starts.unsqueeze(1) + batch.positions)[batch.mask]
+
+
+class Distillation(nn.Module):
+    """The distillation term (module docstring): the teacher's cached train outputs, and
+    the learned projection of the student's head input when ``feature_weight`` > 0."""
+
+    def __init__(self, config: DistillConfig, targets: TeacherTargets, student_width: int) -> None:
+        super().__init__()
+        self.config = config
+        # Not in the state dict: read from the cache again when a run resumes.
+        self.register_buffer("teacher_logits", targets.logits, persistent=False)
+        self.register_buffer("teacher_features", targets.features, persistent=False)
+        self.register_buffer("offsets", targets.offsets.clone(), persistent=False)
+        self.projection = None
+        if config.feature_weight > 0:
+            self.projection = nn.Linear(student_width, targets.features.shape[1])
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        batch: Batch,
+        valid: torch.Tensor,
+        head_input: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The term for the student's `logits` ``[V, classes]`` of the labelled (`valid`,
+        ``[N]``) utterances of `batch`, and their head inputs ``[V, F_s]``."""
+        cfg, t = self.config, self.config.temperature
+        rows = batch_rows(batch, self.offsets)[valid]
+        loss = logits.new_zeros(())
+        if cfg.logit_weight > 0:
+            teacher = F.log_softmax(self.teacher_logits[rows] / t, dim=-1)
+            student = F.log_softmax(logits.float() / t, dim=-1)
+            kl = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+            loss = loss + cfg.logit_weight * t * t * kl
+        if self.projection is not None and head_input is not None:
+            projected, target = self.projection(head_input), self.teacher_features[rows]
+            if cfg.feature_loss == "mse":
+                distance = F.mse_loss(projected, target)
+            else:
+                distance = (1 - F.cosine_similarity(projected, target, dim=-1)).mean()
+            loss = loss + cfg.feature_weight * distance
+        return loss

@@ -1,0 +1,202 @@
+"""Micro-batching: the utterances that conversations send at about the same moment go
+through the model together.
+
+Every utterance goes into one queue. One worker takes the first waiting, then
+more until it holds `max_batch` or `wait_s` has passed since the first, and hands the
+batch to a single model thread (a one-thread executor, so the event loop keeps serving
+while torch works): there the texts of the whole batch go through the text encoder in
+one call (one padded transformer batch, the dominant cost), then each utterance steps
+its own conversation's state, in queue order. While a batch runs, the next one
+gathers, so batches grow with the load. The service keeps one utterance per
+conversation in flight (:class:`~corect.serving.sessions.Conversation`), so a batch
+never holds two of one conversation and a conversation's replies come in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from corect.common.errors import InputError
+from corect.inference.recognizer import DialogueState, Prediction, StreamingRecognizer
+from corect.serving.messages import MessageError, Utterance
+
+
+@dataclass
+class Job:
+    """One utterance of one conversation, and the future its reply completes."""
+
+    state: DialogueState
+    utterance: Utterance
+    future: asyncio.Future
+    text_vector: torch.Tensor | None = None
+    error: Exception | None = None
+
+
+@dataclass
+class BatchStats:
+    """How the batches went: their number, the utterances, the largest batch."""
+
+    batches: int = 0
+    utterances: int = 0
+    largest: int = 0
+    texts_encoded: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)  # batch size -> how many
+
+    def add(self, size: int, texts: int) -> None:
+        self.batches += 1
+        self.utterances += size
+        self.largest = max(self.largest, size)
+        self.texts_encoded += texts
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        mean = self.utterances / self.batches if self.batches else 0.0
+        return {
+            "batches": self.batches,
+            "utterances": self.utterances,
+            "largest": self.largest,
+            "mean": round(mean, 2),
+            "texts_encoded": self.texts_encoded,
+        }
+
+
+class MicroBatcher:
+    """Batches utterances across conversations for `recognizer` (see the module)."""
+
+    def __init__(
+        self,
+        recognizer: StreamingRecognizer,
+        *,
+        max_batch: int = 64,
+        wait_s: float = 0.005,
+        text_error: str | None = None,
+    ) -> None:
+        self.recognizer = recognizer
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self.text_error = text_error  # why texts cannot be encoded (None: they can)
+        self.stats = BatchStats()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corect-model")
+        self._pending: deque[Job] = deque()
+        self._arrived = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start the worker on the running event loop (again if the loop changed)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._worker is not None and not self._worker.done():
+            return
+        self._loop, self._arrived = loop, asyncio.Event()
+        self._worker = loop.create_task(self._work(), name="corect-micro-batcher")
+
+    async def stop(self) -> None:
+        """Stop the worker (utterances still waiting get an error)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        while self._pending:
+            job = self._pending.popleft()
+            if not job.future.done():
+                job.future.set_exception(MessageError("the service is stopping", status=503))
+        self._worker = None
+
+    async def submit(self, state: DialogueState, utterance: Utterance) -> Prediction:
+        """The prediction for the next utterance of the conversation with `state`."""
+        self.start()
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(Job(state, utterance, future))
+        self._arrived.set()
+        return await future
+
+    async def _next_batch(self) -> list[Job]:
+        """Wait for an utterance, then for more until `max_batch` or `wait_s` after it."""
+        while not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        deadline = time.monotonic() + self.wait_s
+        while len(self._pending) < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+        return [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+
+    async def _work(self) -> None:
+        """Forever: gather a batch, run it in the model thread, complete its futures."""
+        assert self._loop is not None
+        while True:
+            batch = await self._next_batch()
+            try:
+                results = await self._loop.run_in_executor(self.executor, self.run_batch, batch)
+            except Exception as err:  # noqa: BLE001 - the worker must outlive any batch
+                results = [err] * len(batch)
+            for job, result in zip(batch, results, strict=True):
+                if job.future.done():  # the client went away
+                    continue
+                if isinstance(result, Exception):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+
+    @torch.inference_mode()
+    def run_batch(self, batch: Sequence[Job]) -> list[Prediction | Exception]:
+        """In the model thread: the batch's texts in one encoder call, then each
+        utterance's step, in order; an utterance that fails gets its error."""
+        for job in batch:  # a speaker beyond the model's slots: refused before anything
+            try:
+                self.recognizer.party(job.state, job.utterance.speaker)
+            except InputError as err:
+                job.error = MessageError(str(err), field="speaker")
+        texts = self.encode_texts(batch)
+        results: list[Prediction | Exception] = []
+        for job in batch:
+            if job.error is not None:
+                results.append(job.error)
+                continue
+            u = job.utterance
+            features: dict[str, Any] = dict(u.features)
+            if job.text_vector is not None:
+                features["t"] = job.text_vector
+            try:
+                results.append(self.recognizer.push(u.speaker, features, u.text, state=job.state))
+            except InputError as err:
+                results.append(MessageError(str(err), field="message"))
+        self.stats.add(len(batch), texts)
+        return results
+
+    def encode_texts(self, batch: Sequence[Job]) -> int:
+        """Set each job's text vector (those that need one) from one encoder call; how
+        many texts were encoded. A job whose text cannot be encoded gets its error."""
+        if "t" not in self.recognizer.dims:
+            return 0
+        inputs, jobs = [], []
+        for job in batch:
+            if job.error is not None or "t" in job.utterance.features:
+                continue
+            if self.text_error is not None:
+                job.error = MessageError(f"text: {self.text_error}", field="text")
+                continue
+            u = job.utterance
+            try:
+                inputs.append(self.recognizer.text_input(job.state, u.speaker, u.text or ""))
+                jobs.append(job)
+            except InputError as err:
+                job.error = MessageError(str(err), field="text")
+        if inputs:
+            vectors = torch.from_numpy(self.recognizer.text_encoder.encode(inputs))
+            for job, vector in zip(jobs, vectors, strict=True):
+                job.text_vector = vector
+        return len(inputs)
