@@ -4,8 +4,9 @@ Measures, on IEMOCAP-sized synthetic data (the embedded default: 120 train+dev
 dialogues, about 5,000 training utterances, dims t 384 / a 100 / v 512) with the
 published sizes (batch 10, hidden 100, wp 11, wf 5, 7 graph heads), graph construction
 time per batch (mean and max over an epoch), seconds per training epoch (the training
-loop's own step, no evaluation), and training and inference throughput in utterances
-per second.
+loop's own step, no evaluation), training and inference throughput in utterances per
+second, and the per-epoch training-state write that ``train --resume`` needs (seconds,
+and its share of the epoch).
 
 Results are printed as a table and written to ``<train.runs_dir>/speed/<date-time>.json``
 (or ``--out``), whose path is printed last. Use a quiet machine: the figures are

@@ -31,6 +31,7 @@ def test_speed_writes_a_result_per_modality_set(tmp_path, capsys):
         assert row["train_dialogues"] == 4
         assert row["batches_per_epoch"] == 2
         assert row["seconds_per_epoch"] > 0 and row["train_utterances_per_s"] > 0
+        assert 0 < row["state_write_share"] < 10 and row["state_write_seconds"] > 0
         assert row["graph_ms_per_batch_max"] >= row["graph_ms_per_batch_mean"] > 0
     assert results[0]["parameters"] > results[1]["parameters"]  # three encoders vs one
     printed = capsys.readouterr().out

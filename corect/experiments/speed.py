@@ -7,7 +7,9 @@ epoch and inference, timed on one config per modality set (:func:`run_speed`).
 - seconds per training epoch: the training loop's own step
   (:func:`corect.engine.training.train_step`: modality dropout, autocast, loss, backward,
   clipping, optimizer step; no evaluation), after one warm-up epoch;
-- training and inference throughput in utterances per second.
+- training and inference throughput in utterances per second;
+- the per-epoch training-state write (:func:`corect.engine.state.save_training_state`,
+  what ``train --resume`` needs), in seconds and as a share of the epoch.
 
 The figures are wall-clock times: use a quiet machine.
 """
@@ -15,6 +17,7 @@ The figures are wall-clock times: use a quiet machine.
 from __future__ import annotations
 
 import platform
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,14 +26,16 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 from corect.common.files import write_json_atomic
 from corect.common.runtime import grad_scaler, select_device, timestamp
-from corect.config import load_config
+from corect.config import Config, load_config
 from corect.data.batching import iterate_batches
 from corect.engine.checkpoints import load_data, model_for
 from corect.engine.scoring import predict
-from corect.engine.training import build_optimizer, train_step
+from corect.engine.state import Loop, Progress, save_training_state
+from corect.engine.training import build_optimizer, build_scheduler, train_step
 from corect.models.graph import build_graph
 
 
@@ -80,6 +85,8 @@ def measure(modalities: str, epochs: int, device_name: str, overrides: list[str]
             torch.cuda.synchronize()
         epoch_times.append(time.perf_counter() - start)
     epoch = sum(epoch_times[1:]) / epochs
+    loop = Loop(model, optimizer, build_scheduler(config, optimizer), scaler, generator)
+    state_write = time_state_write(config, loop, epoch_times)
     start = time.perf_counter()
     predict(model, train_split, batch_size, device)
     inference = time.perf_counter() - start
@@ -94,8 +101,27 @@ def measure(modalities: str, epochs: int, device_name: str, overrides: list[str]
         "seconds_per_epoch": epoch,
         "train_utterances_per_s": n / epoch,
         "inference_utterances_per_s": n / inference,
+        "state_write_seconds": state_write,
+        "state_write_share": state_write / epoch,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+def time_state_write(
+    config: Config, loop: Loop, epoch_times: list[float], repeats: int = 3
+) -> float:
+    """Mean seconds to write the training state of `loop` (as ``fit`` does every epoch),
+    into a temporary folder."""
+    progress = Progress(epoch=len(epoch_times), epoch_times=list(epoch_times))
+    times = []
+    with tempfile.TemporaryDirectory(prefix="corect-speed-") as folder:
+        writer = SummaryWriter(log_dir=folder)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            save_training_state(Path(folder), config, progress, loop, writer)
+            times.append(time.perf_counter() - start)
+        writer.close()
+    return sum(times) / len(times)
 
 
 @dataclass
@@ -114,13 +140,15 @@ class SpeedReport:
         """One Markdown row per modality set."""
         header = (
             "| modalities | train utts | graph ms/batch (mean/max) | s/epoch | "
-            "train utt/s | infer utt/s | params |\n|---|---|---|---|---|---|---|"
+            "train utt/s | infer utt/s | state write s (% of epoch) | params |\n"
+            "|---|---|---|---|---|---|---|---|"
         )
         rows = [
             f"| {r['modalities']} | {r['train_utterances']} | "
             f"{r['graph_ms_per_batch_mean']:.2f} / {r['graph_ms_per_batch_max']:.2f} | "
             f"{r['seconds_per_epoch']:.2f} | {r['train_utterances_per_s']:.0f} | "
-            f"{r['inference_utterances_per_s']:.0f} | {r['parameters']:,} |"
+            f"{r['inference_utterances_per_s']:.0f} | {r['state_write_seconds']:.2f} "
+            f"({100 * r['state_write_share']:.1f}%) | {r['parameters']:,} |"
             for r in self.results
         ]
         return "\n".join([header, *rows])
