@@ -233,6 +233,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         ws_max_size=max(16 << 20, 4 * settings.max_message_bytes),
+        ws_per_message_deflate=False,  # small JSON messages: compressing costs more CPU
         lifespan="on",
     )
     return 0

@@ -96,7 +96,8 @@ def latency_figure(result: dict[str, Any]):
             ax.set_xscale("log")
         ax.set_xticks(x, [str(n) for n in x])
     left.legend(fontsize=8)
-    pace = "as fast as possible" if not result["rate"] else f"{result['rate']:g} utterances/s"
+    rate = result["rate"]
+    pace = "as fast as possible" if not rate else f"{rate:g} utterance{'s' * (rate != 1)}/s"
     run = "/".join(Path(result["run"]).parts[-2:])
     title = f"{run} · each conversation sends {pace} · {result['cpus']} CPUs"
     figure.suptitle(plots.wrap(title, 110), fontsize=9)
