@@ -57,10 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=DEFAULT_DEVICE, help="auto | cpu | cuda (default %(default)s)"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="model threads; each encodes and steps a share of every batch (default: the "
+        "CPU count, at most 4)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: the CPU count, at most 4)",
+        help="torch CPU threads, shared by the workers (default: the CPU count divided by "
+        "--workers, at least 1)",
     )
     parser.add_argument("--text-model", default=None, help="local text model directory")
     parser.add_argument(
@@ -145,7 +153,9 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
     """The service's settings from the options (checked)."""
     from corect.serving.app import ServeSettings
 
-    threads = args.threads or min(4, os.cpu_count() or 1)
+    cpus = os.cpu_count() or 1
+    workers = args.workers or min(4, cpus)
+    threads = args.threads or max(1, cpus // workers)
     settings = ServeSettings(
         max_conversations=args.max_conversations,
         idle_timeout_s=args.idle_timeout,
@@ -154,6 +164,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         max_batch=args.max_batch,
         device=args.device,
         text_model=args.text_model,
+        workers=workers,
         threads=threads,
     )
     settings.check()
@@ -166,6 +177,8 @@ def server_arguments(args: argparse.Namespace) -> list[str]:
     out += ["--idle-timeout", str(args.idle_timeout), "--max-batch", str(args.max_batch)]
     out += ["--batch-wait-ms", str(args.batch_wait_ms), "--device", args.device]
     out += ["--max-message-bytes", str(args.max_message_bytes)]
+    if args.workers:
+        out += ["--workers", str(args.workers)]
     if args.threads:
         out += ["--threads", str(args.threads)]
     if args.text_model:

@@ -30,6 +30,7 @@ identity, its record, the embedding itself) are in :mod:`corect.data.text_model`
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,13 @@ from corect.data.text_model import (
     bundled_model_path,
     context_inputs,
     context_settings,
-    embed_batch,
+    embed_tokens,
     load_pretrained,
     model_identity,
     model_max_length,
     parse_layers,
     read_model_record,
+    tokenize_batch,
 )
 from corect.data.vector_store import VectorCache
 
@@ -69,6 +71,8 @@ class TextEncoder:
     """Mean-pooled, L2-normalised sentence embeddings from a local transformers model.
 
     Deterministic (eval mode, no dropout, no sampling). `cache_dir=None` disables the cache.
+    :meth:`encode` may be called from several threads at once (the live service's model
+    workers): the tokenizer, which is not thread-safe, runs under a lock, the model outside.
     """
 
     def __init__(
@@ -104,6 +108,8 @@ class TextEncoder:
         )
         self._tokenizer: Any = None
         self._model: Any = None
+        self._dim: int | None = None
+        self._lock = threading.Lock()  # loading and tokenizing: one thread at a time
         self.texts_encoded = 0  # how many texts the model actually ran on (cache misses)
 
     def _config_int(self, *keys: str) -> int | None:
@@ -120,10 +126,12 @@ class TextEncoder:
     def dim(self) -> int:
         """Feature size: the model's hidden size times the number of pooled layers (read
         from the model config, no model load)."""
-        hidden = self._config_int("hidden_size", "d_model", "dim")
-        if hidden is None:
-            hidden = int(self._load()[1].config.hidden_size)
-        return hidden * len(self.layers)
+        if self._dim is None:
+            hidden = self._config_int("hidden_size", "d_model", "dim")
+            if hidden is None:
+                hidden = int(self._load()[1].config.hidden_size)
+            self._dim = hidden * len(self.layers)
+        return self._dim
 
     @property
     def description(self) -> dict[str, object]:
@@ -150,6 +158,10 @@ class TextEncoder:
         return description
 
     def _load(self) -> tuple[Any, Any]:
+        with self._lock:
+            return self._load_once()
+
+    def _load_once(self) -> tuple[Any, Any]:
         if self._model is None:
             try:
                 self._tokenizer, self._model = load_pretrained(self.model_dir, self.progress)
@@ -172,17 +184,15 @@ class TextEncoder:
         with torch.inference_mode(), bar:
             for start in batches:
                 index = order[start : start + self.batch_size]
-                pooled = embed_batch(
-                    model,
-                    tokenizer,
-                    [texts[i] for i in index],
-                    self.max_length,
-                    self.device,
-                    self.layers,
-                )
+                with self._lock:  # a fast tokenizer refuses concurrent calls
+                    tokens = tokenize_batch(
+                        tokenizer, [texts[i] for i in index], self.max_length, self.device
+                    )
+                pooled = embed_tokens(model, tokens, self.layers)
                 out[index] = pooled.float().cpu().numpy()
                 bar.update(len(index))
-        self.texts_encoded += len(texts)
+        with self._lock:
+            self.texts_encoded += len(texts)
         return out
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

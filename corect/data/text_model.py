@@ -174,6 +174,26 @@ def mean_pool_normalize(hidden: torch.Tensor, attention_mask: torch.Tensor) -> t
     return torch.nn.functional.normalize(summed / counts, p=2, dim=1)
 
 
+def tokenize_batch(
+    tokenizer: Any, texts: Sequence[str], max_length: int, device: str | torch.device
+) -> Any:
+    """One batch of texts as model inputs: padded to the longest, truncated to `max_length`."""
+    return tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    ).to(device)
+
+
+def embed_tokens(model: Any, batch: Any, layers: Sequence[int] = LAST_LAYER) -> torch.Tensor:
+    """Sentence embeddings of a tokenized batch (:func:`tokenize_batch`): each of the
+    hidden states `layers` mean-pooled over the attention mask and L2-normalised,
+    concatenated."""
+    mask = batch["attention_mask"]
+    if tuple(layers) == LAST_LAYER:
+        return mean_pool_normalize(model(**batch).last_hidden_state, mask)
+    states = model(**batch, output_hidden_states=True).hidden_states
+    return torch.cat([mean_pool_normalize(states[layer], mask) for layer in layers], dim=1)
+
+
 def embed_batch(
     model: Any,
     tokenizer: Any,
@@ -186,11 +206,4 @@ def embed_batch(
     the longest, truncated to `max_length`), run through `model`, each of the hidden
     states `layers` mean-pooled and L2-normalised, concatenated. The one embedding
     function of the feature writer and of data_prep.finetune_text."""
-    batch = tokenizer(
-        list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    ).to(device)
-    mask = batch["attention_mask"]
-    if tuple(layers) == LAST_LAYER:
-        return mean_pool_normalize(model(**batch).last_hidden_state, mask)
-    states = model(**batch, output_hidden_states=True).hidden_states
-    return torch.cat([mean_pool_normalize(states[layer], mask) for layer in layers], dim=1)
+    return embed_tokens(model, tokenize_batch(tokenizer, texts, max_length, device), layers)

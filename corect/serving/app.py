@@ -71,6 +71,7 @@ class ServeSettings:
     max_batch: int = 64
     device: str = DEFAULT_DEVICE
     text_model: str | None = None  # a local text model directory (default: the run's)
+    workers: int = 1  # model threads, each takes a share of every batch
     threads: int | None = None  # torch CPU threads (None: leave torch's setting)
 
     def check(self) -> None:
@@ -81,6 +82,7 @@ class ServeSettings:
             "max_message_bytes": self.max_message_bytes >= 64,
             "batch_wait_ms": math.isfinite(self.batch_wait_ms) and self.batch_wait_ms >= 0,
             "max_batch": self.max_batch >= 1,
+            "workers": self.workers >= 1,
             "threads": self.threads is None or self.threads >= 1,
         }
         for name, ok in checks.items():
@@ -110,6 +112,7 @@ class Service:
             self.recognizer,
             max_batch=settings.max_batch,
             wait_s=settings.batch_wait_ms / 1000,
+            workers=settings.workers,
             text_error=self.text_error,
         )
         self.started = time.time()

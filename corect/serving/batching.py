@@ -2,16 +2,21 @@
 through the model together.
 
 Every utterance goes into one queue. One worker takes the first waiting, then
-more until it holds `max_batch` or `wait_s` has passed since the first, and hands the
-batch to a single model thread (a one-thread executor, so the event loop keeps serving
-while torch works): there the texts of the whole batch go through the text encoder (the
-dominant cost), sorted by length in groups of :data:`TEXT_GROUP`, each one padded
-transformer batch (on MELD, 50 texts cost about 5 ms each this way against 7 ms in one
-batch padded to the longest: 2 CPU cores), then each utterance steps its own
-conversation's state, in queue order. While a batch runs, the next one
-gathers, so batches grow with the load. The service keeps one utterance per
-conversation in flight (:class:`~corect.serving.sessions.Conversation`), so a batch
-never holds two of one conversation and a conversation's replies come in order.
+more until it holds `max_batch` or `wait_s` has passed since the first, and deals the
+batch out to `workers` model threads (an executor, so the event loop keeps serving while
+torch works). Each thread takes a share of the batch's conversations, sorted by text
+length and dealt in turn so that the shares cost alike: it encodes its texts with the
+text encoder (the dominant cost) in groups of :data:`TEXT_GROUP` of similar length, each
+one padded transformer batch, then steps each of its utterances' conversation states.
+Threads share the model and the text encoder (the tokenizer runs under a lock; the
+weights are only read) and never a conversation. On CPU each thread runs torch on its
+own cores (``torch.set_num_threads(cpus // workers)``): on 2 cores two threads of one
+torch thread each encode about 1.6 times as many MELD texts per second as one thread
+of two (small matrices split badly across cores; measured in docs/realtime.md).
+While a batch runs, the next one gathers, so batches grow with the load. The service
+keeps one utterance per conversation in flight
+(:class:`~corect.serving.sessions.Conversation`), so a batch never holds two of one
+conversation and a conversation's replies come in order.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from corect.common.errors import InputError
 from corect.inference.recognizer import DialogueState, Prediction, StreamingRecognizer
 from corect.serving.messages import MessageError, Utterance
 
-TEXT_GROUP = 8  # texts per text-encoder call (sorted by length: little padding)
+TEXT_GROUP = 16  # texts per text-encoder call (sorted by length: little padding)
 
 
 @dataclass
@@ -82,14 +87,18 @@ class MicroBatcher:
         *,
         max_batch: int = 64,
         wait_s: float = 0.005,
+        workers: int = 1,
         text_error: str | None = None,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers: {workers}, expected at least 1")
         self.recognizer = recognizer
         self.max_batch = max_batch
         self.wait_s = wait_s
+        self.workers = workers
         self.text_error = text_error  # why texts cannot be encoded (None: they can)
         self.stats = BatchStats()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corect-model")
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="corect-model")
         self._pending: deque[Job] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
@@ -139,32 +148,45 @@ class MicroBatcher:
         return [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
 
     async def _work(self) -> None:
-        """Forever: gather a batch, run it in the model thread, complete its futures."""
+        """Forever: gather a batch, run its shares on the model threads, complete its
+        futures."""
         assert self._loop is not None
         while True:
             batch = await self._next_batch()
-            try:
-                results = await self._loop.run_in_executor(self.executor, self.run_batch, batch)
-            except Exception as err:  # noqa: BLE001 - the worker must outlive any batch
-                results = [err] * len(batch)
-            for job, result in zip(batch, results, strict=True):
-                if job.future.done():  # the client went away
-                    continue
-                if isinstance(result, Exception):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
+            shares = self.shares(batch)
+            runs = [self._loop.run_in_executor(self.executor, self.run_batch, s) for s in shares]
+            done = await asyncio.gather(*runs, return_exceptions=True)
+            texts = 0
+            for share, results in zip(shares, done, strict=True):
+                if isinstance(results, BaseException):  # the worker must outlive any batch
+                    results = [results] * len(share)
+                for job, result in zip(share, results, strict=True):
+                    texts += job.text_vector is not None
+                    if job.future.done():  # the client went away
+                        continue
+                    if isinstance(result, BaseException):
+                        job.future.set_exception(result)
+                    else:
+                        job.future.set_result(result)
+            self.stats.add(len(batch), texts)
+
+    def shares(self, batch: Sequence[Job]) -> list[list[Job]]:
+        """The batch dealt out to the model threads: sorted by text length, then in turn,
+        so that every share holds texts of every length (and costs about the same)."""
+        order = sorted(batch, key=lambda job: len(job.utterance.text or ""))
+        shares = [order[w :: self.workers] for w in range(min(self.workers, len(batch)))]
+        return [share for share in shares if share]
 
     @torch.inference_mode()
     def run_batch(self, batch: Sequence[Job]) -> list[Prediction | Exception]:
-        """In the model thread: the batch's texts in one encoder call, then each
+        """In a model thread: the batch's texts in few encoder calls, then each
         utterance's step, in order; an utterance that fails gets its error."""
         for job in batch:  # a speaker beyond the model's slots: refused before anything
             try:
                 self.recognizer.party(job.state, job.utterance.speaker)
             except InputError as err:
                 job.error = MessageError(str(err), field="speaker")
-        texts = self.encode_texts(batch)
+        self.encode_texts(batch)
         results: list[Prediction | Exception] = []
         for job in batch:
             if job.error is not None:
@@ -178,7 +200,6 @@ class MicroBatcher:
                 results.append(self.recognizer.push(u.speaker, features, u.text, state=job.state))
             except InputError as err:
                 results.append(MessageError(str(err), field="message"))
-        self.stats.add(len(batch), texts)
         return results
 
     def encode_texts(self, batch: Sequence[Job]) -> int:

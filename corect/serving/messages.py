@@ -139,7 +139,8 @@ def check_vector(vector: Any, dim: int, name: str) -> np.ndarray:
             raise MessageError(f"{name}[{k}]: a number is required, got {x!r:.40}", name)
         if not math.isfinite(x):
             raise MessageError(f"{name}[{k}]: {x} is not finite", name)
-    array = np.asarray(vector, dtype=np.float32)
+    with np.errstate(over="ignore"):  # refused below, with the index
+        array = np.asarray(vector, dtype=np.float32)
     if not np.isfinite(array).all():  # finite doubles beyond float32's range
         k = int(np.flatnonzero(~np.isfinite(array))[0])
         raise MessageError(f"{name}[{k}]: {vector[k]} is out of float32 range", name)
