@@ -87,7 +87,8 @@ def text_run(tmp_path_factory) -> tuple[Path, list[dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def text_client(text_run):
-    app = create_app(text_run[0], settings=ServeSettings(device="cpu", batch_wait_ms=20))
+    settings = ServeSettings(device="cpu", batch_wait_ms=20, workers=2)  # two model threads
+    app = create_app(text_run[0], settings=settings)
     with TestClient(app) as client:
         yield client
 
@@ -343,3 +344,20 @@ def test_dialogue_states_share_the_model_without_cross_talk(tav_run) -> None:
     assert torch.allclose(torch.tensor(mixed), torch.tensor(alone), atol=1e-6)
     weights = [s.cache.parts.rtgcn.weights.relational for s in states]
     assert weights[0] is weights[1]  # one copy of the folded weights for all dialogues
+
+
+def test_batch_shares_deal_conversations_by_text_length(tav_run) -> None:
+    """The model threads' shares: every job once, sorted by text length and dealt in
+    turn (so each share holds short and long texts); never more shares than jobs."""
+    from corect.serving.batching import Job, MicroBatcher
+    from corect.serving.messages import Utterance
+
+    rec = StreamingRecognizer.from_run(tav_run)
+    batcher = MicroBatcher(rec, workers=2)
+    jobs = [Job(rec.new_state(), Utterance("A", "x" * n), None) for n in (5, 1, 4, 2, 3)]
+    shares = batcher.shares(jobs)
+    lengths = [[len(job.utterance.text or "") for job in share] for share in shares]
+    assert lengths == [[1, 3, 5], [2, 4]]
+    assert batcher.shares(jobs[:1]) == [[jobs[0]]]
+    with pytest.raises(ValueError, match="workers"):
+        MicroBatcher(rec, workers=0)

@@ -17,6 +17,7 @@ from corect.data.text_model import (
     mean_pool_normalize,
     model_identity,
     parse_layers,
+    token_packs,
 )
 
 TEXTS = [
@@ -135,3 +136,37 @@ def test_a_run_on_layered_features_encodes_new_texts_the_same_way() -> None:
     without_layers = {k: v for k, v in record.items() if k != "layers"}
     with pytest.raises(PredictError, match="is not the one"):
         text_encoder_for_run(config, 768, cache=False, recorded=without_layers)
+
+
+@pytest.mark.parametrize("layers", [None, "2,4,6"])
+def test_packed_encoding_equals_padded(layers: str | None) -> None:
+    """Packed without padding (as the live service encodes), the vectors equal padded
+    batches' to float rounding, texts of every length (one past the token limit) and
+    several packs per call included; a text longer than the pack is a pack of its own."""
+    padded = TextEncoder(cache_dir=None, progress=False, layers=layers)
+    packed = TextEncoder(cache_dir=None, progress=False, layers=layers, pack_tokens=24)
+    texts = [*TEXTS, "Fine, fine.", "Why would you say that to her, in front of everybody?"]
+    expected = padded.encode(texts)
+    vectors = packed.encode(texts)
+    assert packed.packing and not padded.packing
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    assert vectors.shape == expected.shape
+
+
+def test_token_packs() -> None:
+    assert token_packs([3, 4, 5, 30, 1, 1], 10) == [[0, 1], [2], [3], [4, 5]]
+    assert token_packs([], 10) == []
+
+
+def test_a_model_without_packed_inputs_pads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model that refuses packed inputs is used with padded batches, same vectors."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise TypeError("no 4-D attention mask")
+
+    monkeypatch.setattr(text_model, "embed_packed", refuse)
+    encoder = TextEncoder(cache_dir=None, progress=False, pack_tokens=64)
+    vectors = encoder.encode(TEXTS[:3])
+    assert not encoder.packing
+    plain = TextEncoder(cache_dir=None, progress=False).encode(TEXTS[:3])
+    np.testing.assert_array_equal(vectors, plain)

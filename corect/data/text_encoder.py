@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,17 @@ from corect.data.text_model import (
     bundled_model_path,
     context_inputs,
     context_settings,
+    embed_packed,
     embed_tokens,
     load_pretrained,
     model_identity,
     model_max_length,
+    packing_works,
     parse_layers,
     read_model_record,
+    token_packs,
     tokenize_batch,
+    tokenize_unpadded,
 )
 from corect.data.vector_store import VectorCache
 
@@ -71,6 +75,10 @@ class TextEncoder:
     """Mean-pooled, L2-normalised sentence embeddings from a local transformers model.
 
     Deterministic (eval mode, no dropout, no sampling). `cache_dir=None` disables the cache.
+    With `pack_tokens`, texts run without padding, up to that many tokens per model call
+    (:func:`~corect.data.text_model.embed_packed`: the same vectors to float rounding,
+    faster on texts of unequal length), where the model takes packed inputs; otherwise
+    in padded batches of `batch_size` texts of similar length.
     :meth:`encode` may be called from several threads at once (the live service's model
     workers): the tokenizer, which is not thread-safe, runs under a lock, the model outside.
     """
@@ -84,6 +92,7 @@ class TextEncoder:
         device: str = "cpu",
         progress: bool = True,
         layers: str | Sequence[int] | None = None,
+        pack_tokens: int | None = None,
     ) -> None:
         self.model_dir = Path(model_path) if model_path else bundled_model_path()
         if not (self.model_dir / "config.json").is_file():
@@ -99,6 +108,8 @@ class TextEncoder:
         self.layers = parse_layers(layers, self._config_int("num_hidden_layers", "n_layers"))
         self.identity = model_identity(self.model_dir, self.max_length, self.layers)
         self.batch_size = batch_size
+        self.pack_tokens = pack_tokens  # tokens per packed call (None: padded batches)
+        self.packing = False  # set at load: pack_tokens given and the model takes packs
         self.device = device
         self.progress = progress
         self.cache = (
@@ -172,28 +183,46 @@ class TextEncoder:
             if self.context:  # as in fine-tuning: drop the oldest context first
                 self._tokenizer.truncation_side = "left"
             self._model.eval().to(self.device)
+            if self.pack_tokens:
+                self.packing = packing_works(
+                    self._model, self._tokenizer, self.max_length, self.device, self.layers
+                )
         return self._tokenizer, self._model
 
     def _run_model(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed `texts` with the model, longest first so that batches pad little."""
+        """Embed `texts` with the model: packed, or longest first so that batches pad
+        little."""
         tokenizer, model = self._load()
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        batches = range(0, len(order), self.batch_size)
         bar = tqdm(total=len(texts), desc="text features", unit="utt", disable=not self.progress)
         with torch.inference_mode(), bar:
-            for start in batches:
-                index = order[start : start + self.batch_size]
-                with self._lock:  # a fast tokenizer refuses concurrent calls
-                    tokens = tokenize_batch(
-                        tokenizer, [texts[i] for i in index], self.max_length, self.device
-                    )
-                pooled = embed_tokens(model, tokens, self.layers)
+            for index, pooled in self._embedded(tokenizer, model, texts):
                 out[index] = pooled.float().cpu().numpy()
                 bar.update(len(index))
         with self._lock:
             self.texts_encoded += len(texts)
         return out
+
+    def _embedded(
+        self, tokenizer: Any, model: Any, texts: Sequence[str]
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """(indices, their embeddings) of each model call over `texts`."""
+        if self.packing:
+            with self._lock:  # a fast tokenizer refuses concurrent calls
+                tokens = tokenize_unpadded(tokenizer, texts, self.max_length)
+            lengths = [len(ids) for ids in tokens["input_ids"]]
+            for index in token_packs(lengths, self.pack_tokens or 0):
+                pack = {key: [rows[i] for i in index] for key, rows in tokens.items()}
+                yield index, embed_packed(model, pack, self.device, self.layers)
+            return
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            with self._lock:
+                batch = tokenize_batch(
+                    tokenizer, [texts[i] for i in index], self.max_length, self.device
+                )
+            yield index, embed_tokens(model, batch, self.layers)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings [len(texts), dim] (float32); cached texts skip the model."""

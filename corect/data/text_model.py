@@ -207,3 +207,79 @@ def embed_batch(
     states `layers` mean-pooled and L2-normalised, concatenated. The one embedding
     function of the feature writer and of data_prep.finetune_text."""
     return embed_tokens(model, tokenize_batch(tokenizer, texts, max_length, device), layers)
+
+
+def tokenize_unpadded(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, list]:
+    """Each text's token ids (and the tokenizer's other per-token inputs, e.g. token type
+    ids), truncated to `max_length`, unpadded: input name -> one list per text."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+    return {key: list(rows) for key, rows in encoded.items() if key != "attention_mask"}
+
+
+def token_packs(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive indices grouped so that each group's lengths sum to at most `budget`
+    (a longer item makes a group of its own)."""
+    groups: list[list[int]] = []
+    total = budget + 1
+    for i, length in enumerate(lengths):
+        if total + length > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += length
+    return groups
+
+
+def embed_packed(
+    model: Any, tokens: dict[str, list], device: str | torch.device, layers: Sequence[int]
+) -> torch.Tensor:
+    """The embeddings of :func:`embed_batch` (equal to float rounding) without padding.
+
+    The texts' tokens (:func:`tokenize_unpadded`) run as one sequence; each text attends
+    only to its own tokens (a block-diagonal mask), its positions start at 0, and its
+    hidden states are mean-pooled over its own tokens. So a batch costs what its real
+    tokens cost, however unequal their lengths (the live service's batches mix short and
+    long texts: on MELD, padding to the longest of 16 length-sorted texts doubles the
+    work). Needs a model that takes a 4-D attention mask and position ids, as BERT-like
+    models do (:func:`packing_works` checks)."""
+    lengths = torch.tensor([len(ids) for ids in tokens["input_ids"]], device=device)
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    positions = torch.arange(len(segment), device=device) - starts[segment]
+    inputs = {
+        key: torch.tensor([t for row in rows for t in row], device=device)[None]
+        for key, rows in tokens.items()
+    }
+    mask = (segment[:, None] == segment[None, :])[None, None]  # [1, 1, S, S]
+    out = model(
+        **inputs, attention_mask=mask, position_ids=positions[None], output_hidden_states=True
+    )
+    if tuple(layers) == LAST_LAYER:
+        states = [out.last_hidden_state[0]]
+    else:
+        states = [out.hidden_states[layer][0] for layer in layers]
+    counts = lengths.unsqueeze(1).to(states[0].dtype)
+    pooled = [
+        torch.zeros(len(lengths), h.shape[-1], device=device, dtype=h.dtype).index_add_(
+            0, segment, h
+        )
+        / counts
+        for h in states
+    ]
+    return torch.cat([torch.nn.functional.normalize(p, p=2, dim=1) for p in pooled], dim=1)
+
+
+def packing_works(
+    model: Any, tokenizer: Any, max_length: int, device: str | torch.device, layers: Sequence[int]
+) -> bool:
+    """Whether :func:`embed_packed` gives :func:`embed_batch`'s embeddings with this model
+    (to 1e-5, on texts of unequal length); False for a model that refuses packed inputs."""
+    texts = ["Okay.", "Oh my God, I can't believe you did that to me!", "What?"]
+    with torch.inference_mode():
+        padded = embed_batch(model, tokenizer, texts, max_length, device, layers)
+        try:
+            tokens = tokenize_unpadded(tokenizer, texts, max_length)
+            packed = embed_packed(model, tokens, device, layers)
+        except (TypeError, ValueError, RuntimeError, IndexError):
+            return False
+    return packed.shape == padded.shape and bool((packed - padded).abs().max() <= 1e-5)

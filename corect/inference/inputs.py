@@ -42,14 +42,16 @@ def text_encoder_for_run(
     text_model: str | Path | None = None,
     cache: bool = True,
     recorded: dict[str, Any] | None = None,
+    pack_tokens: int | None = None,
 ) -> TextEncoder:
     """The text encoder with the model the run's text features were made with.
 
     `recorded`: the checkpoint's record of them (``{}``: not made by our encoder; None,
     for checkpoints of older versions: read the run's dataset manifest instead).
     `text_model` overrides the model directory (needed when the run's dataset is not on
-    this machine). Fails with :class:`PredictError` when the run's text features did not
-    come from this encoder, or the model differs from the recorded one."""
+    this machine); `pack_tokens`: see :class:`~corect.data.text_encoder.TextEncoder`.
+    Fails with :class:`PredictError` when the run's text features did not come from this
+    encoder, or the model differs from the recorded one."""
     from corect.data.text_encoder import DEFAULT_CACHE_DIR, TextEncoder
 
     info = recorded if recorded is not None else dataset_text_features(config)
@@ -69,6 +71,7 @@ def text_encoder_for_run(
         cache_dir=DEFAULT_CACHE_DIR if cache else None,
         progress=False,
         layers=(info or {}).get("layers"),
+        pack_tokens=pack_tokens,
     )
     if info and info.get("identity") not in (None, encoder.identity):
         raise PredictError(

@@ -66,6 +66,10 @@ from corect.models.caches import windows
 if TYPE_CHECKING:
     from corect.data.text_encoder import TextEncoder
 
+# Tokens per text-encoder call when streaming: texts are packed without padding (a live
+# batch mixes short and long texts; TextEncoder's pack_tokens).
+TEXT_PACK_TOKENS = 256
+
 FEATURE_KEYS = {"t": "t", "a": "a", "v": "v", "text": "t", "audio": "a", "visual": "v"}
 
 
@@ -222,7 +226,12 @@ class StreamingRecognizer:
         """The run's text encoder (loaded on first use, checked against the run)."""
         if self._text_encoder is None:
             self._text_encoder = text_encoder_for_run(
-                self.config, self.dims["t"], self.text_model, False, self.text_record
+                self.config,
+                self.dims["t"],
+                self.text_model,
+                False,
+                self.text_record,
+                pack_tokens=TEXT_PACK_TOKENS,
             )
         return self._text_encoder
 

@@ -6,8 +6,10 @@ more until it holds `max_batch` or `wait_s` has passed since the first, and deal
 batch out to `workers` model threads (an executor, so the event loop keeps serving while
 torch works). Each thread takes a share of the batch's conversations, sorted by text
 length and dealt in turn so that the shares cost alike: it encodes its texts with the
-text encoder (the dominant cost) in groups of :data:`TEXT_GROUP` of similar length, each
-one padded transformer batch, then steps each of its utterances' conversation states.
+text encoder (the dominant cost) packed without padding
+(:data:`~corect.inference.recognizer.TEXT_PACK_TOKENS` tokens per call; on MELD about
+1.4 times as fast as padded groups of 16 length-sorted texts), then steps each of its
+utterances' conversation states.
 Threads share the model and the text encoder (the tokenizer runs under a lock; the
 weights are only read) and never a conversation. On CPU each thread runs torch on its
 own cores (``torch.set_num_threads(cpus // workers)``): on 2 cores two threads of one
@@ -35,8 +37,6 @@ import torch
 from corect.common.errors import InputError
 from corect.inference.recognizer import DialogueState, Prediction, StreamingRecognizer
 from corect.serving.messages import MessageError, Utterance
-
-TEXT_GROUP = 16  # texts per text-encoder call (sorted by length: little padding)
 
 
 @dataclass
@@ -203,8 +203,9 @@ class MicroBatcher:
         return results
 
     def encode_texts(self, batch: Sequence[Job]) -> int:
-        """Set each job's text vector (those that need one) from one encoder call; how
-        many texts were encoded. A job whose text cannot be encoded gets its error."""
+        """Set each job's text vector (those that need one) from one text-encoder call
+        (packed without padding); how many texts were encoded. A job whose text cannot be
+        encoded gets its error."""
         if "t" not in self.recognizer.dims:
             return 0
         inputs, jobs = [], []
@@ -220,10 +221,8 @@ class MicroBatcher:
                 jobs.append(job)
             except InputError as err:
                 job.error = MessageError(str(err), field="text")
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-        for start in range(0, len(order), TEXT_GROUP):  # texts of similar lengths together
-            group = order[start : start + TEXT_GROUP]
-            vectors = self.recognizer.text_encoder.encode([inputs[i] for i in group])
-            for i, vector in zip(group, torch.from_numpy(vectors), strict=True):
-                jobs[i].text_vector = vector
+        if inputs:
+            vectors = torch.from_numpy(self.recognizer.text_encoder.encode(inputs))
+            for job, vector in zip(jobs, vectors, strict=True):
+                job.text_vector = vector
         return len(inputs)
