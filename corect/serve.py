@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m corect.serve --run RUN_DIR            # http://127.0.0.1:8765/\n"
             "  python -m corect.serve --run RUN_DIR --max-conversations 500 --idle-timeout 60\n"
             "  python -m corect.serve --bench --run RUN_DIR --data runs/data/meld_emotion_l246 \\\n"
-            "      --conversations 1,10,50 --utterances 20 --rate 1"
+            "      --conversations 1,10,50 --utterances 20 --rate 1\n"
+            "  python -m corect.serve --bench --run RUN_DIR --data runs/data/meld_emotion_l246 \\\n"
+            "      --conversations 50 --rate 0 --replay   # served = predict, whole test split"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -146,6 +148,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--duration", type=float, default=None, help="bench: send for this many seconds instead"
     )
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="bench: the conversations replay every dialogue of --split once (instead of "
+        "--utterances each), and every reply is compared with predict (the batch causal "
+        "model) on the same dialogues: largest difference, how many beyond 1e-5",
+    )
     parser.add_argument("--out", help="bench: output folder (default runs/serve-bench/<date-time>)")
 
 
@@ -212,6 +221,7 @@ def bench(args: argparse.Namespace) -> int:
         out=out,
         split=args.split,
         server_args=server_arguments(args),
+        replay=args.replay,
     )
     print(out)
     return 0

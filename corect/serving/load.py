@@ -172,8 +172,11 @@ class Plan:
     rate: float
     duration: float | None
     start: float = 0.0
+    replay: bool = False  # every dialogue once (utterances ignored), replies kept
 
     def done(self, sent: int) -> bool:
+        if self.replay:
+            return False
         if self.duration is not None:
             return time.perf_counter() >= self.start + self.duration
         return sent >= self.utterances
@@ -188,6 +191,8 @@ class Tally:
     examples: list[str] = field(default_factory=list)
     last_reply: float = 0.0
     still_open: list[str] = field(default_factory=list)
+    # replay: (dialogue index, position) -> the reply's probabilities
+    replies: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
 
     def error(self, message: str) -> None:
         self.errors += 1
@@ -199,13 +204,14 @@ async def converse(
     ws_base: str, http_base: str, dialogues: list[list[str]], worker: int, plan: Plan, tally: Tally
 ) -> None:
     """One conversation slot: replays dialogues ``worker, worker + N, ...`` one after
-    the other, each in its own conversation id, closing each finished one."""
+    the other, each in its own conversation id, closing each finished one (with
+    ``plan.replay``: each of them once, keeping the replies)."""
     from websockets.asyncio.client import connect
 
     interval = 1.0 / plan.rate if plan.rate > 0 else 0.0
     next_at = plan.start + interval * worker / plan.conversations  # evenly staggered
     sent, d = 0, worker
-    while not plan.done(sent):
+    while not plan.done(sent) and not (plan.replay and d >= len(dialogues)):
         conversation = f"load-{plan.conversations}-{worker}-{d}"
         messages = dialogues[d % len(dialogues)]
         try:
@@ -235,6 +241,8 @@ async def converse(
                         )
                     else:
                         tally.latencies_ms.append(1000 * (tally.last_reply - start))
+                        if plan.replay:
+                            tally.replies[d, position] = reply["probabilities"]
         except Exception as err:  # refused, closed, timed out, not JSON: counted
             tally.error(f"{conversation}: {type(err).__name__}: {err}")
             return  # a broken connection ends this slot; the level goes on
@@ -304,6 +312,7 @@ async def run_level(server: Server, dialogues: list[list[str]], plan: Plan) -> d
             "cpu_percent": round(100 * cpu / seconds, 1),
         },
         "client_cpu_s": round(client, 2),
+        "replies": tally.replies,
     }
 
 
@@ -323,12 +332,16 @@ def run_load_test(
     server_args: Sequence[str] = (),
     start_timeout_s: float = 300.0,
     progress: Callable[[str], None] | None = None,
+    replay: bool = False,
 ) -> dict[str, Any]:
     """Load-test a causal run served on loopback; the results (also written into `out`).
 
     `conversations`: one level per number, run in order on the same server. Each
     conversation sends `utterances` utterances (or, with `duration`, sends until that many
-    seconds have passed) at `rate` utterances per second (0: saturation). `server_args` go
+    seconds have passed) at `rate` utterances per second (0: saturation). With `replay`,
+    the conversations of each level replay every dialogue of the split once instead, and
+    every reply is compared with ``predict`` (the batch causal model) on the same
+    dialogues (:func:`compare_with_predict`; ``result["replay"]``). `server_args` go
     to ``python -m corect.serve`` (e.g. ``["--device", "cpu"]``)."""
     levels = [conversations] if isinstance(conversations, int) else list(conversations)
     if not levels or min(levels) < 1:
@@ -340,8 +353,11 @@ def run_load_test(
         dialogues = dialogue_messages(data, split, health)
         asyncio.run(warm_up(server, dialogues[0]))
         results = []
+        replies: list[dict[tuple[int, int], dict[str, float]]] = []
         for n in levels:
-            level = asyncio.run(run_level(server, dialogues, Plan(n, utterances, rate, duration)))
+            plan = Plan(n, utterances, rate, duration, replay=replay)
+            level = asyncio.run(run_level(server, dialogues, plan))
+            replies.append(level.pop("replies"))
             say(progress_line(level))
             results.append(level)
     result = {
@@ -357,6 +373,10 @@ def run_load_test(
         "errors": sum(level["errors"] for level in results),
         "levels": results,
     }
+    if replay:
+        result["replay"] = [compare_with_predict(run_dir, dialogues, r) for r in replies]
+        for level, check in zip(results, result["replay"], strict=True):
+            say(f"{level['conversations']} conversations: {replay_line(check)}")
     if out is not None:
         write_results(out, result)
     return result
@@ -371,3 +391,59 @@ async def warm_up(server: Server, messages: list[str]) -> None:
         await asyncio.to_thread(close_conversation, server.base, conversation)
     if tally.errors:
         raise InputError(f"the service refused the dataset's utterances: {tally.examples[0]}")
+
+
+# --------------------------------------------------------------------------- the replay check
+
+TOLERANCE = 1e-5  # largest difference of a served probability from predict's
+
+
+def compare_with_predict(
+    run_dir: str | Path,
+    dialogues: list[list[str]],
+    replies: dict[tuple[int, int], dict[str, float]],
+) -> dict[str, Any]:
+    """Every served reply against ``predict`` (the batch causal model) on the same
+    dialogues: how many were compared, the largest probability difference, how many
+    utterances differ by more than :data:`TOLERANCE`, how many labels differ, and how
+    many utterances got no reply."""
+    from corect.inference.predictions import predict_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "replayed.jsonl"
+        lines = (
+            json.dumps({"id": str(d), "utterances": [json.loads(m) for m in messages]})
+            for d, messages in enumerate(dialogues)
+        )
+        source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        expected = predict_file(run_dir, source, device="cpu")["dialogues"]
+    largest, beyond, labels, missing = 0.0, 0, 0, 0
+    for d, dialogue in enumerate(expected):
+        for position, want in enumerate(dialogue["utterances"]):
+            got = replies.get((d, position))
+            if got is None:
+                missing += 1
+                continue
+            diff = max(abs(got[c] - p) for c, p in want["probabilities"].items())
+            largest = max(largest, diff)
+            beyond += diff > TOLERANCE
+            labels += max(got, key=got.get) != want["label"]
+    return {
+        "dialogues": len(expected),
+        "compared": len(replies),
+        "missing": missing,
+        "max_abs_diff": largest,
+        "beyond_tolerance": beyond,
+        "tolerance": TOLERANCE,
+        "label_differences": labels,
+    }
+
+
+def replay_line(check: dict[str, Any]) -> str:
+    """One line on a replay check."""
+    return (
+        f"replayed {check['compared']} utterances of {check['dialogues']} dialogues: largest "
+        f"difference from predict {check['max_abs_diff']:.1e}, {check['beyond_tolerance']} "
+        f"beyond {check['tolerance']:g}, {check['label_differences']} labels differ, "
+        f"{check['missing']} unanswered"
+    )

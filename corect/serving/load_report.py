@@ -70,6 +70,16 @@ def format_results(result: dict[str, Any]) -> str:
             f"| {level['utterances_per_s']:.1f} | {ms} | {mem['rss_mb_before']:.0f} / "
             f"{mem['rss_mb_peak']:.0f} / {mem['rss_mb_after']:.0f} | {mem['cpu_percent']:.0f} |"
         )
+    for level, check in zip(result["levels"], result.get("replay", []), strict=False):
+        lines += [
+            "",
+            f"Replay check, {level['conversations']} conversations: every dialogue of the "
+            f"split once, each reply against `predict` (the batch causal model): "
+            f"{check['compared']} utterances compared, largest probability difference "
+            f"{check['max_abs_diff']:.1e}, {check['beyond_tolerance']} beyond "
+            f"{check['tolerance']:g}, {check['label_differences']} labels differ, "
+            f"{check['missing']} unanswered.",
+        ]
     examples = [e for level in result["levels"] for e in level["error_examples"]]
     if examples:
         lines += ["", "Errors (first ones):", "", *(f"- {e}" for e in examples[:MAX_EXAMPLES])]
