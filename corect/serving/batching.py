@@ -202,12 +202,11 @@ class MicroBatcher:
                 results.append(MessageError(str(err), field="message"))
         return results
 
-    def encode_texts(self, batch: Sequence[Job]) -> int:
+    def encode_texts(self, batch: Sequence[Job]) -> None:
         """Set each job's text vector (those that need one) from one text-encoder call
-        (packed without padding); how many texts were encoded. A job whose text cannot be
-        encoded gets its error."""
+        (packed without padding). A job whose text cannot be encoded gets its error."""
         if "t" not in self.recognizer.dims:
-            return 0
+            return
         inputs, jobs = [], []
         for job in batch:
             if job.error is not None or "t" in job.utterance.features:
@@ -225,4 +224,3 @@ class MicroBatcher:
             vectors = torch.from_numpy(self.recognizer.text_encoder.encode(inputs))
             for job, vector in zip(jobs, vectors, strict=True):
                 job.text_vector = vector
-        return len(inputs)

@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from corect.common.errors import InputError
-from corect.serving.load_report import MAX_EXAMPLES, percentiles, progress_line, write_results
+from corect.serving.load_report import (
+    MAX_EXAMPLES,
+    percentiles,
+    progress_line,
+    replay_line,
+    write_results,
+)
 
 LOOPBACK = "127.0.0.1"
 NAMES = {"a": "audio", "v": "visual", "t": "text"}
@@ -376,7 +382,7 @@ def run_load_test(
     if replay:
         result["replay"] = [compare_with_predict(run_dir, dialogues, r) for r in replies]
         for level, check in zip(results, result["replay"], strict=True):
-            say(f"{level['conversations']} conversations: {replay_line(check)}")
+            say(replay_line(level, check))
     if out is not None:
         write_results(out, result)
     return result
@@ -437,13 +443,3 @@ def compare_with_predict(
         "tolerance": TOLERANCE,
         "label_differences": labels,
     }
-
-
-def replay_line(check: dict[str, Any]) -> str:
-    """One line on a replay check."""
-    return (
-        f"replayed {check['compared']} utterances of {check['dialogues']} dialogues: largest "
-        f"difference from predict {check['max_abs_diff']:.1e}, {check['beyond_tolerance']} "
-        f"beyond {check['tolerance']:g}, {check['label_differences']} labels differ, "
-        f"{check['missing']} unanswered"
-    )

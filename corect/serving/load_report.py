@@ -41,6 +41,17 @@ def progress_line(level: dict[str, Any]) -> str:
     )
 
 
+def replay_line(level: dict[str, Any], check: dict[str, Any]) -> str:
+    """One line on a level's replay check (``corect.serving.load.compare_with_predict``)."""
+    return (
+        f"{level['conversations']} conversations, replay check: {check['compared']} "
+        f"utterances compared ({check['dialogues']} dialogues) with `predict` (the batch "
+        f"causal model), largest probability difference {check['max_abs_diff']:.1e}, "
+        f"{check['beyond_tolerance']} beyond {check['tolerance']:g}, "
+        f"{check['label_differences']} labels differ, {check['missing']} unanswered."
+    )
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -71,15 +82,7 @@ def format_results(result: dict[str, Any]) -> str:
             f"{mem['rss_mb_peak']:.0f} / {mem['rss_mb_after']:.0f} | {mem['cpu_percent']:.0f} |"
         )
     for level, check in zip(result["levels"], result.get("replay", []), strict=False):
-        lines += [
-            "",
-            f"Replay check, {level['conversations']} conversations: every dialogue of the "
-            f"split once, each reply against `predict` (the batch causal model): "
-            f"{check['compared']} utterances compared, largest probability difference "
-            f"{check['max_abs_diff']:.1e}, {check['beyond_tolerance']} beyond "
-            f"{check['tolerance']:g}, {check['label_differences']} labels differ, "
-            f"{check['missing']} unanswered.",
-        ]
+        lines += ["", replay_line(level, check)]
     examples = [e for level in result["levels"] for e in level["error_examples"]]
     if examples:
         lines += ["", "Errors (first ones):", "", *(f"- {e}" for e in examples[:MAX_EXAMPLES])]
