@@ -132,11 +132,16 @@ class LossConfig:
 
 @dataclass
 class DistillConfig:
-    """Distillation from a trained teacher run (docs/objectives.md); off while
-    ``teacher_run`` is empty. Its logits (and head inputs) on the train split are computed
-    once and cached under ``data.cache_dir``."""
+    """Distillation (docs/objectives.md), off while ``teacher_run`` and
+    ``teacher_modality`` are empty. From a trained teacher run: its logits (and head
+    inputs) on the train split are computed once and cached under ``data.cache_dir``.
+    Inside the model: every modality's encoder gets a classifier head of its own, and
+    the teacher's (one modality's head, or ``all``: the model's own output) teaches the
+    other modalities' heads, all students in one run."""
 
     teacher_run: str = ""  # a run directory trained on the same dataset and labels
+    teacher_modality: str = ""  # in-model teacher: a modality of data.modalities, or "all"
+    student_weight: float = 1.0  # in-model: cross-entropy of each modality head on labels
     temperature: float = 2.0
     logit_weight: float = 1.0  # KL(teacher || student) of the softened logits, times T^2
     feature_weight: float = 0.0  # student head input, projected, onto the teacher's
@@ -246,6 +251,36 @@ class Config:
                 f"train.distill.teacher_run={distill.teacher_run!r} teaches nothing: "
                 "train.distill.logit_weight and train.distill.feature_weight are both 0"
             )
+        self._check_teacher_modality()
+
+    def _check_teacher_modality(self) -> None:
+        """``train.distill.teacher_modality``: a modality of the data (or ``all``) with at
+        least one other modality to teach, and not together with a teacher run."""
+        distill, modalities = self.train.distill, self.data.modalities
+        teacher = distill.teacher_modality
+        if not teacher:
+            return
+        key = f"train.distill.teacher_modality={teacher!r}"
+        if distill.teacher_run:
+            raise ConfigError(
+                f"{key} and train.distill.teacher_run={distill.teacher_run!r}: choose one "
+                "teacher (a modality inside the model, or a trained run)"
+            )
+        if teacher != "all" and teacher not in modalities:
+            raise ConfigError(
+                f"{key}: choose 'all' (the model's own output) or one of "
+                f"data.modalities={modalities!r}"
+            )
+        if teacher != "all" and len(modalities) < 2:
+            raise ConfigError(
+                f"{key}: data.modalities={modalities!r} leaves no other modality to teach; "
+                "use 'all' or add modalities"
+            )
+        if teacher != "all" and distill.student_weight == 0:
+            raise ConfigError(
+                f"{key} with train.distill.student_weight=0: the teacher modality's head "
+                "learns from the labels through student_weight; make it positive"
+            )
 
     def _check_synthetic(self) -> None:
         """The synthetic dataset's dims: known modalities, positive sizes, every used one."""
@@ -292,7 +327,8 @@ POSITIVE_INTS = (
 
 NON_NEGATIVE = (
     "train.weight_decay train.grad_clip model.input_noise train.loss.supcon_weight "
-    "train.loss.prototype_weight train.distill.logit_weight train.distill.feature_weight"
+    "train.loss.prototype_weight train.distill.logit_weight train.distill.feature_weight "
+    "train.distill.student_weight"
 ).split()
 
 

@@ -182,6 +182,33 @@ def test_mean_std() -> None:
     assert mean_std([1.0, 3.0]) == {"mean": 2.0, "std": pytest.approx(2**0.5)}
 
 
+def test_in_model_distillations_heads_are_summarised_over_seeds(tmp_path: Path) -> None:
+    def with_heads(config: Config) -> Path:
+        run_dir = fake_train(config)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        audio = 0.4 + 0.02 * config.train.seed
+        scores = {"accuracy": audio, "weighted_f1": audio, "macro_f1": audio}
+        metrics["modality_heads"] = {
+            "t": {"role": "teacher", "dev": metrics["dev"], "test": metrics["test"]},
+            "a": {"role": "student", "dev": scores, "test": scores},
+        }
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return run_dir
+
+    out = tmp_path / "bench"
+    overrides = ["train.distill.teacher_modality=t"]
+    run_benchmark(None, ["corect"], [1, 2], overrides, out, train_fn=with_heads)
+    summary = json.loads((out / "results.json").read_text())["models"]["corect"]["summary"]
+    audio = summary["modality_heads"]["a"]
+    assert audio["role"] == "student" and audio["accuracy"]["mean"] == pytest.approx(43.0)
+    assert audio["dev_weighted_f1"]["std"] == pytest.approx(1.4142, abs=1e-3)
+    table = (out / "results.md").read_text()
+    assert "| `corect` | a | student | 43.00 ± 1.41 | 43.00 ± 1.41 | 43.00 ± 1.41 |" in table
+    plain = tmp_path / "plain"
+    run_benchmark(None, ["corect"], [1], [], plain, train_fn=fake_train)
+    assert "head alone" not in (plain / "results.md").read_text()
+
+
 def test_end_to_end_tiny_synthetic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench"
     code = main(

@@ -110,11 +110,18 @@ def model_for(config: Config, dataset: Dataset) -> nn.Module:
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, config: Config, dataset: Dataset, epoch: int
+    path: Path,
+    model: nn.Module,
+    config: Config,
+    dataset: Dataset,
+    epoch: int,
+    modality_heads: nn.Module | None = None,
 ) -> None:
     """State dict + config + what the model was trained on (labels in order, dims, the
     dataset's fingerprint and text-feature record); plain types only, so it loads with
-    ``torch.load(path, weights_only=True)``. Written atomically."""
+    ``torch.load(path, weights_only=True)``. Written atomically. `modality_heads`: the
+    per-modality heads of in-model distillation, kept beside the model's weights (key
+    ``modality_heads``) so the run's students are scored at the best epoch."""
     checkpoint = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": config.to_dict(),
@@ -127,6 +134,9 @@ def save_checkpoint(
         "text_features": dataset.text_features or {},
         "epoch": epoch,
     }
+    if modality_heads is not None:
+        state = modality_heads.state_dict()
+        checkpoint["modality_heads"] = {k: v.detach().cpu() for k, v in state.items()}
     save_atomic(checkpoint, path)
 
 

@@ -36,6 +36,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +45,10 @@ from torch import nn
 
 from corect.common.errors import InputError
 from corect.common.files import atomic_target, recover
-from corect.config import Config, ConfigError, DistillConfig, config_from_dict
-from corect.data.batching import Batch
-from corect.data.dataset import Dataset
+from corect.common.metrics import classification_metrics
+from corect.config import Config, ConfigError, DistillConfig, ModelConfig, config_from_dict
+from corect.data.batching import Batch, iterate_batches
+from corect.data.dataset import Dataset, SplitData
 from corect.data.format import DatasetError
 from corect.engine.checkpoints import (
     CHECKPOINT,
@@ -57,6 +59,7 @@ from corect.engine.checkpoints import (
     load_run,
 )
 from corect.engine.scoring import predict
+from corect.models.encoders import ClassifierHead
 
 CACHE_FORMAT = "1"
 CACHE_FOLDER = "teachers"
@@ -219,3 +222,113 @@ class Distillation(nn.Module):
                 distance = (1 - F.cosine_similarity(projected, target, dim=-1)).mean()
             loss = loss + cfg.feature_weight * distance
         return loss
+
+
+class ModalityDistillation(nn.Module):
+    r"""Distillation inside one model (``train.distill.teacher_modality``): a classifier
+    head :math:`g_m` on each modality's encoder output :math:`h_m` (``model.encoder``:
+    that modality alone, plus the speaker embedding), and the teacher's softened logits
+    taught to the students, all in one run.
+
+    .. math::
+        \mathcal L = \lambda_s \sum_{m} \mathrm{CE}_w(g_m(h_m), y)
+            + \lambda_{kd} T^2 \sum_{m \in S}
+                \mathrm{KL}\big(\mathrm{softmax}(\bar t / T) \,\Vert\,
+                                \mathrm{softmax}(g_m(h_m) / T)\big)
+            + \lambda_f \sum_{m \in S} d(W_m h_m + b_m,\ \bar h_T)
+
+    Teacher: a modality k (:math:`t = g_k(h_k)`, :math:`h_T = h_k`, students
+    :math:`S` = the other modalities) or ``all`` (t = the model's own logits, h_T its
+    head input, every modality a student). The bar is ``detach``: the students learn from
+    the teacher, never the teacher from them. The heads are the shared
+    :class:`~corect.models.encoders.ClassifierHead`; they are no part of the model's
+    forward (its predictions are unchanged in kind), and are saved with the best
+    checkpoint so :func:`score_modality_heads` scores each student alone on dev and test.
+    """
+
+    def __init__(
+        self,
+        config: DistillConfig,
+        modalities: str,
+        num_classes: int,
+        model: ModelConfig,
+        teacher_width: int,
+    ) -> None:
+        super().__init__()
+        hidden, dropout = model.hidden_size, model.dropout
+        self.config = config
+        self.teacher = config.teacher_modality
+        self.students = [m for m in modalities if m != self.teacher]
+        self.heads = nn.ModuleDict(
+            {m: ClassifierHead(hidden, hidden, num_classes, dropout) for m in modalities}
+        )
+        self.projections = None
+        if config.feature_weight > 0:
+            self.projections = nn.ModuleDict(
+                {m: nn.Linear(hidden, teacher_width) for m in self.students}
+            )
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        encoded: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        weight: torch.Tensor | None,
+        head_input: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The term for the labelled utterances: the model's `logits` ``[V, classes]``,
+        each modality's encoder output ``[V, H]``, `labels` ``[V]``, the class `weight` of
+        the cross-entropy and the model's head input ``[V, F]`` (teacher ``all`` with
+        features only)."""
+        cfg, t = self.config, self.config.temperature
+        scores = {m: head(encoded[m].float()) for m, head in self.heads.items()}
+        loss = logits.new_zeros(())
+        if cfg.student_weight > 0:
+            for s in scores.values():
+                loss = loss + cfg.student_weight * F.cross_entropy(s, labels, weight=weight)
+        if self.teacher == "all":
+            teacher_logits, teacher_features = logits, head_input
+        else:
+            teacher_logits, teacher_features = scores[self.teacher], encoded[self.teacher]
+        if cfg.logit_weight > 0:
+            target = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+            for m in self.students:
+                student = F.log_softmax(scores[m] / t, dim=-1)
+                kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
+                loss = loss + cfg.logit_weight * t * t * kl
+        if self.projections is not None and teacher_features is not None:
+            target = teacher_features.detach().float()
+            for m, projection in self.projections.items():
+                projected = projection(encoded[m].float())
+                if cfg.feature_loss == "mse":
+                    distance = F.mse_loss(projected, target)
+                else:
+                    distance = (1 - F.cosine_similarity(projected, target, dim=-1)).mean()
+                loss = loss + cfg.feature_weight * distance
+        return loss
+
+
+@torch.no_grad()
+def score_modality_heads(
+    model: nn.Module,
+    heads: nn.ModuleDict,
+    split: SplitData,
+    labels: list[str],
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """Modality -> the metrics of its head alone on `split` (eval mode, float32): each
+    modality's encoder output through its head, as a single-modality model would."""
+    model.eval()
+    heads.eval()
+    outputs: dict[str, list[torch.Tensor]] = {m: [] for m in heads}
+    for batch in iterate_batches(split, batch_size):
+        batch = batch.to(device)
+        encoded = model.encoder(batch)
+        for m, head in heads.items():
+            outputs[m].append(head(encoded[m][batch.mask].float()).cpu())
+    truth = split.labels.numpy()
+    return {
+        m: classification_metrics(truth, torch.cat(out).argmax(1).numpy(), labels)
+        for m, out in outputs.items()
+    }

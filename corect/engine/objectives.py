@@ -37,7 +37,7 @@ from torch import nn
 from corect.config import Config, ConfigError, LossConfig
 from corect.data.batching import Batch
 from corect.data.dataset import Dataset
-from corect.engine.distillation import Distillation, teacher_targets
+from corect.engine.distillation import Distillation, ModalityDistillation, teacher_targets
 
 # Offset of the objective's own random stream from train.seed (prototypes, projection).
 OBJECTIVE_SEED_OFFSET = 7919
@@ -45,8 +45,9 @@ OBJECTIVE_SEED_OFFSET = 7919
 
 def auxiliary_terms_on(config: Config) -> bool:
     """Whether any term besides the (label-smoothed) cross-entropy is on."""
-    loss, teacher = config.train.loss, config.train.distill.teacher_run
-    return loss.supcon_weight > 0 or loss.prototype != "off" or bool(teacher)
+    loss, distill = config.train.loss, config.train.distill
+    teachers = bool(distill.teacher_run or distill.teacher_modality)
+    return loss.supcon_weight > 0 or loss.prototype != "off" or teachers
 
 
 @contextlib.contextmanager
@@ -60,9 +61,9 @@ def own_random_stream(seed: int) -> Iterator[None]:
 
 class Representations:
     """Hooks on ``model.encoder`` (forward) and ``model.head`` (forward pre-hook) that keep,
-    from the last forward pass in training mode, the batch, the encoder output as
-    ``[N, M * H]`` (modalities concatenated, real utterances in batch order) and the
-    head's input ``[N, F]``. Nothing is kept in evaluation mode."""
+    from the last forward pass in training mode, the batch, the encoder output (modality
+    -> ``[N, H]``, real utterances in batch order; :attr:`encoder` concatenates them) and
+    the head's input ``[N, F]``. Nothing is kept in evaluation mode."""
 
     def __init__(self, model: nn.Module, *, encoder: bool, head: bool) -> None:
         for part, wanted in (("encoder", True), ("head", head)):
@@ -73,7 +74,7 @@ class Representations:
                     "train.loss and train.distill off for it"
                 )
         self.batch: Batch | None = None
-        self.encoder: torch.Tensor | None = None
+        self.encoded: dict[str, torch.Tensor] | None = None
         self.head: torch.Tensor | None = None
         self.keep_encoder = encoder
         self.handles = [model.encoder.register_forward_hook(self._on_encoder)]
@@ -86,15 +87,20 @@ class Representations:
         if module.training:
             self.batch = args[0]
             if self.keep_encoder:
-                self.encoder = torch.cat([h[self.batch.mask] for h in output.values()], -1)
+                self.encoded = {m: h[self.batch.mask] for m, h in output.items()}
 
     def _on_head(self, module: nn.Module, args: tuple[torch.Tensor]) -> None:
         if module.training:
             self.head = args[0]
 
+    @property
+    def encoder(self) -> torch.Tensor | None:
+        """The kept encoder output, modalities concatenated: ``[N, M * H]``."""
+        return None if self.encoded is None else torch.cat(list(self.encoded.values()), -1)
+
     def clear(self) -> None:
         """Drop what was kept (and the autograd graph it holds)."""
-        self.batch = self.encoder = self.head = None
+        self.batch = self.encoded = self.head = None
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -208,6 +214,7 @@ class Objective(nn.Module):
         representations: Representations,
         prototypes: Prototypes | None,
         distillation: nn.Module | None,
+        modality_distillation: ModalityDistillation | None = None,
     ) -> None:
         super().__init__()
         self.config = loss
@@ -215,6 +222,13 @@ class Objective(nn.Module):
         self.representations = representations  # not a module: holds hooks, no state
         self.prototypes = prototypes
         self.distillation = distillation
+        self.modality_distillation = modality_distillation
+
+    @property
+    def modality_heads(self) -> nn.ModuleDict | None:
+        """The per-modality heads of in-model distillation (None without it)."""
+        md = self.modality_distillation
+        return None if md is None else md.heads
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The total loss of the batch whose forward pass the hooks saw last."""
@@ -238,6 +252,11 @@ class Objective(nn.Module):
             if self.distillation is not None:
                 head = None if seen.head is None else seen.head[valid].float()
                 loss = loss + self.distillation(logits[valid], seen.batch, valid, head)
+            if self.modality_distillation is not None:
+                encoded = {m: h[valid] for m, h in seen.encoded.items()}
+                head = None if seen.head is None else seen.head[valid]
+                weight = self.cross_entropy.weight
+                loss = loss + self.modality_distillation(logits[valid], encoded, y, weight, head)
         seen.clear()
         return loss
 
@@ -254,10 +273,15 @@ def build_objective(
     computed once and cached: :mod:`corect.engine.distillation`)."""
     loss, distill = config.train.loss, config.train.distill
     feature = bool(distill.teacher_run) and distill.feature_weight > 0
+    in_model = bool(distill.teacher_modality)
+    fused_features = in_model and distill.teacher_modality == "all" and distill.feature_weight > 0
     uses_rep = loss.supcon_weight > 0 or loss.prototype != "off"
-    needs_head = (loss.representation == "head" and uses_rep) or feature
+    needs_head = (loss.representation == "head" and uses_rep) or feature or fused_features
     width = representation_width(config, model) if uses_rep else 0
     student_width = head_width(model, "train.distill.feature_weight") if feature else 0
+    teacher_width = config.model.hidden_size
+    if fused_features:
+        teacher_width = head_width(model, "train.distill.teacher_modality=all")
     targets = teacher_targets(config, dataset, device) if distill.teacher_run else None
     with own_random_stream(config.train.seed + OBJECTIVE_SEED_OFFSET):
         prototypes = None
@@ -268,8 +292,14 @@ def build_objective(
         distillation = None
         if targets is not None:
             distillation = Distillation(distill, targets, student_width)
-    representations = Representations(
-        model, encoder=loss.representation == "encoder" and uses_rep, head=needs_head
+        modality_distillation = None
+        if in_model:
+            modality_distillation = ModalityDistillation(
+                distill, config.data.modalities, dataset.num_classes, config.model, teacher_width
+            )
+    keep_encoder = (loss.representation == "encoder" and uses_rep) or in_model
+    representations = Representations(model, encoder=keep_encoder, head=needs_head)
+    objective = Objective(
+        loss, cross_entropy, representations, prototypes, distillation, modality_distillation
     )
-    objective = Objective(loss, cross_entropy, representations, prototypes, distillation)
     return objective.to(device)

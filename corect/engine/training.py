@@ -72,6 +72,7 @@ from corect.engine.checkpoints import (
     save_checkpoint,
     write_run_status,
 )
+from corect.engine.distillation import score_modality_heads
 from corect.engine.losses import class_weights
 from corect.engine.objectives import auxiliary_terms_on, build_objective
 from corect.engine.reports import log_epoch, log_results, log_start
@@ -168,6 +169,7 @@ def fit(
     scheduler = build_scheduler(config, optimizer)
     scaler = grad_scaler(device, config.train.amp)
     loop = Loop(model, optimizer, scheduler, scaler, generator, loss_fn)
+    heads = getattr(loss_fn, "modality_heads", None)  # in-model distillation's students
     progress = Progress() if resumed is None else restore_training_state(resumed, loop, run_dir)
 
     while not progress.finished(cfg):
@@ -181,7 +183,7 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         improved = progress.record(epoch, seconds, dev_metrics["weighted_f1"])
         if improved:
-            save_checkpoint(run_dir / CHECKPOINT, model, config, dataset, epoch)
+            save_checkpoint(run_dir / CHECKPOINT, model, config, dataset, epoch, heads)
         record = EpochRecord(epoch, seconds, train_loss, train_metrics, dev_loss, dev_metrics, lr)
         log_epoch(writer, record, improved)
         save_training_state(run_dir, config, progress, loop, writer)
@@ -190,7 +192,7 @@ def fit(
     if progress.stopped_early(cfg.early_stopping):
         log.info("early stop: no dev weighted-F1 gain for %d epochs", cfg.early_stopping)
 
-    finish_run(config, dataset, model, device, run_dir, writer, progress, test)
+    finish_run(config, dataset, model, device, run_dir, writer, progress, test, heads)
 
 
 @dataclass
@@ -329,12 +331,15 @@ def finish_run(
     writer: SummaryWriter,
     progress: Progress,
     test: bool = True,
+    modality_heads: nn.ModuleDict | None = None,
 ) -> None:
     """Reload the best checkpoint and score it on dev (and test) exactly as
     ``corect.evaluate`` does; write metrics.json, the confusion figures and TensorBoard's
-    hyperparameter table."""
+    hyperparameter table. With in-model distillation's `modality_heads`, each modality's
+    head alone is scored too (metrics.json ``modality_heads``)."""
     cfg, best_epoch, epoch_times = config.train, progress.best_epoch, progress.epoch_times
-    model.load_state_dict(load_checkpoint(run_dir, device)["state_dict"])
+    checkpoint = load_checkpoint(run_dir, device)
+    model.load_state_dict(checkpoint["state_dict"])
     scored: dict[str, dict[str, Any]] = {}
     for name in ("dev", "test") if test else ("dev",):
         split = dataset.splits[name]
@@ -358,8 +363,42 @@ def finish_run(
         "device": str(device),
         **scored,
     }
+    if modality_heads is not None:
+        modality_heads.load_state_dict(checkpoint["modality_heads"])
+        heads = score_heads(config, dataset, model, modality_heads, device, test)
+        results["modality_heads"] = heads
     write_json_atomic(run_dir / "metrics.json", results)
     log_results(writer, run_dir, config, dataset, scored, best_epoch, results["seconds_per_epoch"])
+
+
+def score_heads(
+    config: Config,
+    dataset: Dataset,
+    model: nn.Module,
+    heads: nn.ModuleDict,
+    device: torch.device,
+    test: bool,
+) -> dict[str, dict[str, Any]]:
+    """Modality -> its role (teacher or student) and the metrics of its head alone on dev
+    (and test), each logged."""
+    teacher = config.train.distill.teacher_modality
+    scored: dict[str, dict[str, Any]] = {
+        m: {"role": "teacher" if m == teacher else "student"} for m in heads
+    }
+    for name in ("dev", "test") if test else ("dev",):
+        split = dataset.splits[name]
+        for m, metrics in score_modality_heads(
+            model, heads, split, dataset.labels, config.train.batch_size, device
+        ).items():
+            scored[m][name] = metrics
+    for m, entry in scored.items():
+        figures = " | ".join(
+            f"{name} acc {entry[name]['accuracy']:.4f} wF1 {entry[name]['weighted_f1']:.4f}"
+            for name in ("dev", "test")
+            if name in entry
+        )
+        log.info("modality head %s (%s) alone: %s", m, entry["role"], figures)
+    return scored
 
 
 def build_optimizer(

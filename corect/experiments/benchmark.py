@@ -136,6 +136,13 @@ class Benchmark:
         spe = [r.metrics.get("seconds_per_epoch") for r in runs]
         out["seconds_per_epoch"] = sum(spe) / len(spe) if None not in spe else None
         out["run_dirs"] = [r.run_dir for r in runs]
+        heads = [r.metrics.get("modality_heads") for r in runs]
+        if heads[0] and all(h and h.keys() == heads[0].keys() for h in heads):
+            # In-model distillation: each modality's head alone, over the same seeds.
+            out["modality_heads"] = {
+                m: {"role": heads[0][m]["role"], **seed_scores([h[m] for h in heads])}
+                for m in heads[0]
+            }
         return out
 
     def table(self) -> str:
@@ -167,6 +174,28 @@ class Benchmark:
             ]
             lines.append("| " + " | ".join(row) + " |")
         return "\n".join(lines)
+
+    def heads_table(self) -> str:
+        """The Markdown table of in-model distillation's modality heads, each alone
+        (empty when no run has them)."""
+        header = ["Model", "Head", "Role", "Test Acc (%)", "Test wF1 (%)", "Dev wF1 (%)"]
+        lines = []
+        for model, mode in itertools.product(self.models, self.shown_modes()):
+            s = self.summary(model, mode)
+            for m, head in ((s or {}).get("modality_heads") or {}).items():
+                dev = head["dev_weighted_f1"]
+                row = [
+                    f"`{model}`" + (f" {mode}" if mode else ""),
+                    m,
+                    head["role"],
+                    fmt_mean_std(head["accuracy"]),
+                    fmt_mean_std(head["weighted_f1"]),
+                    fmt_mean_std(dev) if dev else "-",
+                ]
+                lines.append("| " + " | ".join(row) + " |")
+        if not lines:
+            return ""
+        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines])
 
     def scores(self) -> list[plots.ModelScores]:
         """Test weighted and macro F1 (%) per model and mode, one value per seed."""
@@ -223,6 +252,9 @@ class Benchmark:
         if not complete:
             title += f"**Incomplete: {len(self.results)}/{self.total_runs} runs.**\n\n"
         note = "\n\nMean ± sample std over seeds; test figures at the best dev epoch.\n"
+        heads = self.heads_table()
+        if heads:
+            note += "\nEach modality's head alone (in-model distillation):\n\n" + heads + "\n"
         write_atomic(self.out_dir / "results.md", title + self.table() + note)
         write_atomic(
             self.out_dir / "results.json", json.dumps(self.to_dict(complete), indent=1) + "\n"
