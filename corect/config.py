@@ -123,6 +123,9 @@ class LossConfig:
     label_smoothing: float = 0.0  # of the cross-entropy, in [0, 1)
     supcon_weight: float = 0.0  # supervised contrastive term; 0 = off
     supcon_temperature: float = 0.1
+    # Representations of earlier batches kept (detached, FIFO) as extra positives and
+    # negatives of the contrastive term; 0 = the batch alone.
+    supcon_memory: int = 0
     representation: str = "head"  # head | encoder
     prototype: str = "off"  # off | running (class means, EMA) | learned (parameters)
     prototype_weight: float = 0.5
@@ -328,7 +331,7 @@ POSITIVE_INTS = (
 NON_NEGATIVE = (
     "train.weight_decay train.grad_clip model.input_noise train.loss.supcon_weight "
     "train.loss.prototype_weight train.distill.logit_weight train.distill.feature_weight "
-    "train.distill.student_weight"
+    "train.distill.student_weight train.loss.supcon_memory"
 ).split()
 
 

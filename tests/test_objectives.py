@@ -13,7 +13,7 @@ from torch import nn
 from corect.config import ConfigError, load_config
 from corect.data.batching import iterate_batches
 from corect.engine.checkpoints import load_data, model_for
-from corect.engine.objectives import Objective, Prototypes, supcon_loss
+from corect.engine.objectives import ContrastMemory, Objective, Prototypes, supcon_loss
 from corect.engine.scoring import evaluate_run
 from corect.engine.training import build_loss, build_optimizer, train, train_step
 from corect.models.registry import MODEL_NAMES
@@ -21,18 +21,27 @@ from tests.conftest import tiny_config
 from tests.test_resume import assert_same_run, run_dir_of, stop_at
 
 
-def supcon_by_hand(z: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
-    """Khosla et al.'s L_out, one anchor and one positive at a time."""
+def supcon_by_hand(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    tau: float,
+    memory: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Khosla et al.'s L_out, one anchor and one positive at a time; the memory's unit
+    vectors join every anchor's contrast set."""
     unit = F.normalize(z, dim=-1)
+    keys = [unit[k] for k in range(len(y))] + ([] if memory is None else list(memory[0]))
+    key_labels = list(y) + ([] if memory is None else list(memory[1]))
     terms = []
     for i in range(len(y)):
-        positives = [p for p in range(len(y)) if p != i and y[p] == y[i]]
+        contrast = [k for k in range(len(keys)) if k != i]
+        positives = [p for p in contrast if key_labels[p] == y[i]]
         if not positives:
             continue
-        others = torch.stack([unit[i] @ unit[a] / tau for a in range(len(y)) if a != i])
+        others = torch.stack([unit[i] @ keys[a] / tau for a in contrast])
         denominator = others.exp().sum().log()
         terms.append(
-            -sum((unit[i] @ unit[p] / tau) - denominator for p in positives) / len(positives)
+            -sum((unit[i] @ keys[p] / tau) - denominator for p in positives) / len(positives)
         )
     return torch.stack(terms).mean()
 
@@ -45,6 +54,24 @@ def test_supcon_is_the_published_formula_and_skips_anchors_without_positives():
     loss = supcon_loss(lonely, torch.arange(4), 0.1)  # no class twice: no anchor
     loss.backward()
     assert loss.item() == 0 and torch.equal(lonely.grad, torch.zeros(4, 5))
+
+
+def test_the_contrastive_memory_adds_earlier_positives_and_negatives_first_in_first_out():
+    torch.manual_seed(0)
+    memory = ContrastMemory(size=5, dim=4)
+    assert memory.contents()[0].shape == (0, 4)
+    first = F.normalize(torch.randn(3, 4), dim=-1)
+    memory.push(first, torch.tensor([0, 1, 2]))
+    second = F.normalize(torch.randn(4, 4), dim=-1)
+    memory.push(second, torch.tensor([3, 3, 4, 4]))  # overwrites the two oldest
+    keys, labels = memory.contents()
+    assert sorted(labels.tolist()) == [2, 3, 3, 4, 4]
+    assert any(torch.equal(k, first[2]) for k in keys) and int(memory.pointer) == 2
+    z, y = torch.randn(4, 4), torch.tensor([0, 3, 4, 5])  # alone in the batch, all of them
+    assert supcon_loss(z, y, 0.1).item() == 0.0
+    with_memory = supcon_loss(z, y, 0.1, (keys, labels))
+    torch.testing.assert_close(with_memory, supcon_by_hand(z, y, 0.1, (keys, labels)))
+    assert with_memory.item() > 0  # classes 3 and 4 now have positives in the memory
 
 
 def test_running_prototypes_are_moving_class_means_and_mask_unseen_classes():
@@ -84,6 +111,7 @@ def test_everything_off_is_the_plain_cross_entropy_and_draws_nothing(tmp_path):
         ("train.loss.supcon_temperature=0", "train.loss.supcon_temperature=0.0: must be pos"),
         ("train.loss.prototype_momentum=1", "train.loss.prototype_momentum=1.0"),
         ("train.loss.supcon_weight=-1", "train.loss.supcon_weight=-1.0"),
+        ("train.loss.supcon_memory=-1", "train.loss.supcon_memory=-1: must be >= 0"),
         ("train.loss.margin=1", "unknown key.*train.loss.margin"),
     ],
 )
@@ -151,6 +179,7 @@ def test_a_model_without_a_shared_head_is_refused_naming_the_key(tmp_path):
     "extra",
     [
         {"class_weights": True, "loss": {"prototype": "running", "supcon_weight": 0.3}},
+        {"loss": {"supcon_weight": 0.3, "supcon_memory": 16}},
         {"loss": {"prototype": "learned", "representation": "encoder", "label_smoothing": 0.1}},
     ],
 )
@@ -164,7 +193,8 @@ def test_a_run_with_objectives_resumes_to_the_same_figures(tmp_path, extra):
     with pytest.raises(KeyboardInterrupt):
         train(config, on_epoch=stop_at(2))
     state = torch.load(run_dir_of(config) / "training_state.pt", weights_only=True)
-    assert "prototypes.centres" in state["objective"]
+    kept = "memory.keys" if extra["loss"].get("supcon_memory") else "prototypes.centres"
+    assert kept in state["objective"]
     resumed = train(config, resume=run_dir_of(config))
     assert_same_run(resumed, reference)
     # The objective is not part of the model: corect.evaluate reproduces the figures.

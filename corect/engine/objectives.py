@@ -18,8 +18,9 @@ every baseline get the terms without code of their own (:class:`Representations`
 ``encoder`` = the output of ``model.encoder`` (the per-modality encoders plus the speaker
 embedding), modalities concatenated, ``[N, M * hidden]``.
 
-Whatever the objective holds (learned prototypes, running prototypes, the distillation
-projection) is in its state dict, which :mod:`corect.engine.state` saves every epoch; it
+Whatever the objective holds (learned prototypes, running prototypes, the contrastive
+memory, the distillation projection, in-model distillation's modality heads) is in its
+state dict, which :mod:`corect.engine.state` saves every epoch; it
 is not part of the model or its checkpoint. Its parameters are drawn from a random stream
 of their own (:func:`own_random_stream`), so switching a term on leaves the model's
 initialisation and its dropout draws as they were.
@@ -126,32 +127,71 @@ def head_width(model: nn.Module, key: str) -> int:
     return width
 
 
-def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+def supcon_loss(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    memory: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     r"""Supervised contrastive loss (Khosla et al. 2020, :math:`\mathcal L^{sup}_{out}`).
 
     .. math::
         \mathcal L = \frac{1}{|A|} \sum_{i \in A} \frac{-1}{|P(i)|} \sum_{p \in P(i)}
-        \log \frac{\exp(\bar z_i \cdot \bar z_p / \tau)}
-                  {\sum_{a \ne i} \exp(\bar z_i \cdot \bar z_a / \tau)}
+        \log \frac{\exp(\bar z_i \cdot \bar k_p / \tau)}
+                  {\sum_{a \in C(i)} \exp(\bar z_i \cdot \bar k_a / \tau)}
 
-    with :math:`\bar z = z / \lVert z \rVert`, :math:`P(i)` the other utterances of the
-    batch with i's label and :math:`A` the anchors that have one. An utterance alone with
-    its class in the batch is no anchor but still a negative for the others; with no
-    anchor at all the loss is 0 (with a gradient of zeros). z ``[N, d]``, labels ``[N]``
-    (all labelled)."""
+    with :math:`\bar z = z / \lVert z \rVert`, :math:`C(i)` the other utterances of the
+    batch (and the `memory`'s entries), :math:`P(i) \subseteq C(i)` those with i's label
+    and :math:`A` the anchors that have one. An utterance alone with its class is no
+    anchor but still a negative for the others; with no anchor at all the loss is 0 (with
+    a gradient of zeros). z ``[N, d]``, labels ``[N]`` (all labelled); `memory`: unit
+    vectors ``[K, d]`` and their labels ``[K]`` from earlier batches (no gradient), extra
+    positives and negatives, never anchors."""
     n = z.shape[0]
-    same = labels.unsqueeze(0) == labels.unsqueeze(1)
-    itself = torch.eye(n, dtype=torch.bool, device=z.device)
+    unit = F.normalize(z, dim=-1)
+    keys, key_labels = unit, labels
+    if memory is not None:
+        keys, key_labels = torch.cat([unit, memory[0]]), torch.cat([labels, memory[1]])
+    same = labels.unsqueeze(1) == key_labels.unsqueeze(0)
+    itself = torch.eye(n, keys.shape[0], dtype=torch.bool, device=z.device)
     positives = same & ~itself
     count = positives.sum(1)
     anchors = count > 0
     if not bool(anchors.any()):
         return z.sum() * 0.0
-    unit = F.normalize(z, dim=-1)
-    similarity = (unit @ unit.T / temperature).masked_fill(itself, float("-inf"))
+    similarity = (unit @ keys.T / temperature).masked_fill(itself, float("-inf"))
     log_prob = similarity - similarity.logsumexp(dim=1, keepdim=True)
     mean_positive = log_prob.masked_fill(~positives, 0.0).sum(1)[anchors] / count[anchors]
     return -mean_positive.mean()
+
+
+class ContrastMemory(nn.Module):
+    """The last `size` unit representations of labelled utterances and their labels,
+    first in first out, detached (``train.loss.supcon_memory``): the contrastive term's
+    positives and negatives beyond the batch, so a rare class alone in its batch still
+    has positives. Buffers: saved with the objective's state, so a resumed run goes on
+    with the same memory."""
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("keys", torch.zeros(size, dim))
+        self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+
+    def contents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The filled entries: unit vectors ``[K, d]`` and labels ``[K]``."""
+        filled = self.labels >= 0
+        return self.keys[filled], self.labels[filled]
+
+    @torch.no_grad()
+    def push(self, unit: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add unit vectors ``[N, d]`` with labels ``[N]``, overwriting the oldest."""
+        size = self.keys.shape[0]
+        unit, labels = unit[-size:], labels[-size:]
+        rows = (self.pointer + torch.arange(len(labels), device=labels.device)) % size
+        self.keys[rows] = unit.detach().to(self.keys.dtype)
+        self.labels[rows] = labels
+        self.pointer.copy_((self.pointer + len(labels)) % size)
 
 
 class Prototypes(nn.Module):
@@ -215,6 +255,7 @@ class Objective(nn.Module):
         prototypes: Prototypes | None,
         distillation: nn.Module | None,
         modality_distillation: ModalityDistillation | None = None,
+        memory: ContrastMemory | None = None,
     ) -> None:
         super().__init__()
         self.config = loss
@@ -223,6 +264,7 @@ class Objective(nn.Module):
         self.prototypes = prototypes
         self.distillation = distillation
         self.modality_distillation = modality_distillation
+        self.memory = memory
 
     @property
     def modality_heads(self) -> nn.ModuleDict | None:
@@ -244,7 +286,10 @@ class Objective(nn.Module):
                 z = (seen.encoder if cfg.representation == "encoder" else seen.head)[valid]
                 z = z.float()
             if cfg.supcon_weight > 0:
-                loss = loss + cfg.supcon_weight * supcon_loss(z, y, cfg.supcon_temperature)
+                memory = None if self.memory is None else self.memory.contents()
+                loss = loss + cfg.supcon_weight * supcon_loss(z, y, cfg.supcon_temperature, memory)
+                if self.memory is not None:
+                    self.memory.push(F.normalize(z.detach(), dim=-1), y)
             if self.prototypes is not None:
                 scores = self.prototypes(z, y, cfg.prototype_temperature)
                 weight = self.cross_entropy.weight
@@ -299,7 +344,16 @@ def build_objective(
             )
     keep_encoder = (loss.representation == "encoder" and uses_rep) or in_model
     representations = Representations(model, encoder=keep_encoder, head=needs_head)
+    memory = None
+    if loss.supcon_weight > 0 and loss.supcon_memory > 0:
+        memory = ContrastMemory(loss.supcon_memory, width)
     objective = Objective(
-        loss, cross_entropy, representations, prototypes, distillation, modality_distillation
+        loss,
+        cross_entropy,
+        representations,
+        prototypes,
+        distillation,
+        modality_distillation,
+        memory,
     )
     return objective.to(device)
