@@ -27,6 +27,7 @@ EDGE_TYPES = ("temp", "multi", "temp_multi")
 MODES = ("offline", "causal")  # model.causal false / true
 REPRESENTATIONS = ("head", "encoder")  # train.loss.representation
 PROTOTYPES = ("off", "running", "learned")  # train.loss.prototype
+CLASSIFIERS = ("linear", "prototype")  # model.classifier
 FEATURE_LOSSES = ("mse", "cosine")  # train.distill.feature_loss
 
 
@@ -101,6 +102,10 @@ class ModelConfig:
     pcm_layers: int = 2
     pcm_heads: int = 2
     pcm_self_layers: int = 3
+    # The classifier's last layer, shared by every model: linear logits, or distance-based
+    # logits against learned class prototypes, cos(u, c_k) / classifier_temperature.
+    classifier: str = "linear"  # linear | prototype
+    classifier_temperature: float = 0.1
     # Fusion baselines.
     fusion: str = "early"  # the fusion used inside `context`
     gate_bias_modality: str = "t"  # `gated`: the gate starts biased toward this modality
@@ -205,6 +210,10 @@ class Config:
             raise ConfigError(f"model.name={m.name!r}: choose one of {', '.join(MODEL_NAMES)}")
         if m.fusion not in FUSION_NAMES:
             raise ConfigError(f"model.fusion={m.fusion!r}: choose a fusion baseline name")
+        if m.classifier not in CLASSIFIERS:
+            raise ConfigError(
+                f"model.classifier={m.classifier!r}: choose one of {', '.join(CLASSIFIERS)}"
+            )
         for mod, kind in m.encoders.items():
             _check_modality_key("model.encoders", mod)
             if kind not in ENCODER_KINDS:
@@ -361,6 +370,7 @@ def _range_checks(config: Config) -> list[tuple[str, bool, str]]:
     min_length = v["data.synthetic.min_length"]
     return checks + [
         ("model.input_clip", v["model.input_clip"] > 0, "must be positive"),
+        ("model.classifier_temperature", v["model.classifier_temperature"] > 0, "must be positive"),
         ("train.lr", v["train.lr"] > 0, "must be positive"),
         (
             "train.scheduler_factor",

@@ -197,7 +197,8 @@ def test_gate_starts_biased_toward_the_chosen_modality() -> None:
 
 
 def test_late_outputs_mixed_log_probabilities() -> None:
-    head = LateHead(3, 12, 8, NUM_CLASSES, 0.0, learned_weights=True)
+    config = ModelConfig(hidden_size=8, dropout=0.0)
+    head = LateHead(3, 12, NUM_CLASSES, config, learned_weights=True)
     z = torch.randn(6, 12)
     out = head(z)
     probs = [h(c).log_softmax(-1) for h, c in zip(head.heads, z.chunk(3, -1), strict=True)]

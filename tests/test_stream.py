@@ -103,6 +103,7 @@ def test_corect_stream_equals_batch(modalities: str, encoders: dict, wp: int) ->
         {"use_rtgcn": False, "use_pcm": False},
         {"encoder_skip": True, "gnn_dropout": 0.3, "input_noise": 0.5},
         {"encoder_skip": True, "use_pcm": False},
+        {"classifier": "prototype"},
     ],
 )
 def test_corect_ablations_stream_equals_batch(switches: dict) -> None:

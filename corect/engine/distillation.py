@@ -59,7 +59,7 @@ from corect.engine.checkpoints import (
     load_run,
 )
 from corect.engine.scoring import predict
-from corect.models.encoders import ClassifierHead
+from corect.models.encoders import classifier_head
 
 CACHE_FORMAT = "1"
 CACHE_FOLDER = "teachers"
@@ -255,17 +255,16 @@ class ModalityDistillation(nn.Module):
         teacher_width: int,
     ) -> None:
         super().__init__()
-        hidden, dropout = model.hidden_size, model.dropout
         self.config = config
         self.teacher = config.teacher_modality
         self.students = [m for m in modalities if m != self.teacher]
         self.heads = nn.ModuleDict(
-            {m: ClassifierHead(hidden, hidden, num_classes, dropout) for m in modalities}
+            {m: classifier_head(model.hidden_size, num_classes, model) for m in modalities}
         )
         self.projections = None
         if config.feature_weight > 0:
             self.projections = nn.ModuleDict(
-                {m: nn.Linear(hidden, teacher_width) for m in self.students}
+                {m: nn.Linear(model.hidden_size, teacher_width) for m in self.students}
             )
 
     def forward(

@@ -135,7 +135,7 @@ class FusionModel(StreamingModel):
                 streams=self.fusion.streams,
             )
             features = self.context.out_dim
-        self.head = self.fusion.make_head(features, config.hidden_size, num_classes, config.dropout)
+        self.head = self.fusion.make_head(features, num_classes, config)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [N, classes] for the N real utterances, dialogue after dialogue."""

@@ -13,7 +13,7 @@ import torch
 from corect.config import ModelConfig
 from corect.data.batching import Batch
 from corect.models.caches import StreamingModel, window_size
-from corect.models.encoders import ClassifierHead, UtteranceEncoder
+from corect.models.encoders import UtteranceEncoder, classifier_head
 from corect.models.graph import build_graph, num_relations
 from corect.models.pcm import PairwiseCrossModal, PCMCache
 from corect.models.rtgcn import RTGCN, GraphCache
@@ -98,7 +98,7 @@ class CORECT(StreamingModel):
         if self.pcm is not None:
             self.head_blocks.append(("pcm", self.pcm.out_dim))
         features = sum(width for _, width in self.head_blocks)
-        self.head = ClassifierHead(features, hidden, num_classes, config.dropout)
+        self.head = classifier_head(features, num_classes, config)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits [N, classes] for the N real utterances, dialogue after dialogue."""

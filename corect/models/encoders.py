@@ -293,18 +293,64 @@ class UtteranceEncoder(nn.Module):
         return hidden
 
 
-class ClassifierHead(nn.Module):
-    r"""Utterance classifier: :math:`W_2\,\mathrm{Dropout}(\mathrm{ReLU}(W_1 z))`."""
+class PrototypeLogits(nn.Module):
+    r"""Distance-based logits: the cosine similarity of u to one learned prototype
+    :math:`c_k` per class, sharpened by a temperature (a cosine classifier).
 
-    def __init__(self, in_dim: int, hidden: int, num_classes: int, dropout: float) -> None:
+    .. math::
+        s_k = \frac{\cos(u, c_k)}{\tau}
+            = \frac{1}{\tau} \frac{u^\top c_k}{\lVert u \rVert\,\lVert c_k \rVert}
+
+    The logits are bounded by :math:`1/\tau`, so every class is scored by its angle to
+    its prototype, not by the size of its weight vector (which, in a linear layer, grows
+    with the class's frequency)."""
+
+    def __init__(self, dim: int, num_classes: int, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.prototypes = nn.Parameter(torch.empty(num_classes, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.prototypes)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u: ``[N, dim]`` -> logits ``[N, classes]``."""
+        unit = nn.functional.normalize(u, dim=-1)
+        return unit @ nn.functional.normalize(self.prototypes, dim=-1).T / self.temperature
+
+
+class ClassifierHead(nn.Module):
+    r"""Utterance classifier: :math:`f(\mathrm{Dropout}(\mathrm{ReLU}(W_1 z)))`, with f a
+    linear layer (``model.classifier: linear``) or :class:`PrototypeLogits`
+    (``prototype``)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        num_classes: int,
+        dropout: float,
+        *,
+        prototype_temperature: float | None = None,
+    ) -> None:
         super().__init__()
         self.in_dim = in_dim  # width of z (train.loss and train.distill read it)
-        self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
+        last = (
+            nn.Linear(hidden, num_classes)
+            if prototype_temperature is None
+            else PrototypeLogits(hidden, num_classes, prototype_temperature)
         )
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), last)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+def classifier_head(in_dim: int, num_classes: int, config: ModelConfig) -> ClassifierHead:
+    """The shared head for inputs of width `in_dim`, as `config` says (hidden size,
+    dropout, ``classifier`` and its temperature)."""
+    temperature = config.classifier_temperature if config.classifier == "prototype" else None
+    return ClassifierHead(
+        in_dim, config.hidden_size, num_classes, config.dropout, prototype_temperature=temperature
+    )

@@ -24,7 +24,7 @@ from torch import nn
 
 from corect.config import ModelConfig
 from corect.models.attention import AttentionStack
-from corect.models.encoders import ClassifierHead
+from corect.models.encoders import classifier_head
 from corect.models.registry import FUSION_NAMES
 
 # Not split though over 400 lines: a catalogue of short classes that read best side by side.
@@ -56,9 +56,9 @@ class Fusion(nn.Module):
     def reset_parameters(self) -> None:
         _reset_children(self)
 
-    def make_head(self, in_dim: int, hidden: int, num_classes: int, dropout: float) -> nn.Module:
+    def make_head(self, in_dim: int, num_classes: int, config: ModelConfig) -> nn.Module:
         """The classifier on top of the (contextualised) fused vector of size `in_dim`."""
-        return ClassifierHead(in_dim, hidden, num_classes, dropout)
+        return classifier_head(in_dim, num_classes, config)
 
 
 class EarlyFusion(Fusion):
@@ -96,9 +96,8 @@ class LateHead(nn.Module):
         self,
         streams: int,
         in_dim: int,
-        hidden: int,
         num_classes: int,
-        dropout: float,
+        config: ModelConfig,
         *,
         learned_weights: bool,
     ) -> None:
@@ -108,7 +107,7 @@ class LateHead(nn.Module):
         self.in_dim = in_dim  # width of z, the streams concatenated (as ClassifierHead's)
         self.streams = streams
         self.heads = nn.ModuleList(
-            ClassifierHead(in_dim // streams, hidden, num_classes, dropout) for _ in range(streams)
+            classifier_head(in_dim // streams, num_classes, config) for _ in range(streams)
         )
         self.weight_logits = nn.Parameter(torch.zeros(streams)) if learned_weights else None
 
@@ -149,14 +148,9 @@ class LateFusion(Fusion):
         """x: [N, M, H] -> [N, M * H] (M streams)."""
         return x.flatten(1)
 
-    def make_head(self, in_dim: int, hidden: int, num_classes: int, dropout: float) -> nn.Module:
+    def make_head(self, in_dim: int, num_classes: int, config: ModelConfig) -> nn.Module:
         return LateHead(
-            self.streams,
-            in_dim,
-            hidden,
-            num_classes,
-            dropout,
-            learned_weights=self.learned_weights,
+            self.streams, in_dim, num_classes, config, learned_weights=self.learned_weights
         )
 
 
