@@ -183,6 +183,23 @@ def test_the_in_model_term_is_its_formula_and_the_teacher_learns_nothing_from_st
     assert encoded["a"].grad.abs().sum() > 0 and encoded["v"].grad.abs().sum() > 0
 
 
+def test_blanked_modalities_neither_learn_nor_teach():
+    torch.manual_seed(0)
+    config = tiny_config(Path("unused"), train={"distill": {"teacher_modality": "t"}})
+    distill = DistillConfig(teacher_modality="t", feature_weight=0.5)
+    module = ModalityDistillation(distill, "tav", 4, config.model, 16).eval()
+    encoded = {m: torch.randn(5, 16) for m in "tav"}
+    labels, logits = torch.tensor([0, 1, 2, 3, 1]), torch.randn(5, 4)
+    present = {m: torch.ones(5, dtype=torch.bool) for m in "tav"}
+    present["a"][0] = present["t"][2] = False  # blanked by modality or utterance dropout
+    loss = module(logits, encoded, labels, None, None, present)
+    changed = {m: h.clone() for m, h in encoded.items()}
+    changed["a"][0], changed["t"][2] = torch.randn(16), torch.randn(16)
+    torch.testing.assert_close(module(logits, changed, labels, None, None, present), loss)
+    changed["a"][1] = torch.randn(16)  # a present row counts
+    assert not torch.allclose(module(logits, changed, labels, None, None, present), loss)
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_trains_with_an_in_model_teacher(tmp_path, name):
     distill = {"teacher_modality": "all", "feature_weight": 0.5, "feature_loss": "cosine"}

@@ -274,35 +274,49 @@ class ModalityDistillation(nn.Module):
         labels: torch.Tensor,
         weight: torch.Tensor | None,
         head_input: torch.Tensor | None,
+        present: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The term for the labelled utterances: the model's `logits` ``[V, classes]``,
         each modality's encoder output ``[V, H]``, `labels` ``[V]``, the class `weight` of
-        the cross-entropy and the model's head input ``[V, F]`` (teacher ``all`` with
-        features only)."""
+        the cross-entropy, the model's head input ``[V, F]`` (teacher ``all`` with
+        features only) and `present`: modality -> ``[V]`` whether the utterance had that
+        modality in this batch (False where modality or utterance dropout blanked it).
+        A head learns, and is taught, only where its modality is present (and, for a
+        modality teacher, the teacher's too): a blank input carries nothing to learn
+        from. Every term is a mean over its rows; a term without rows adds nothing."""
         cfg, t = self.config, self.config.temperature
+        if present is None:
+            present = {m: torch.ones_like(labels, dtype=torch.bool) for m in self.heads}
         scores = {m: head(encoded[m].float()) for m, head in self.heads.items()}
         loss = logits.new_zeros(())
         if cfg.student_weight > 0:
-            for s in scores.values():
-                loss = loss + cfg.student_weight * F.cross_entropy(s, labels, weight=weight)
+            for m, s in scores.items():
+                rows = present[m]
+                if bool(rows.any()):
+                    ce = F.cross_entropy(s[rows], labels[rows], weight=weight)
+                    loss = loss + cfg.student_weight * ce
         if self.teacher == "all":
             teacher_logits, teacher_features = logits, head_input
+            taught = torch.ones_like(labels, dtype=torch.bool)
         else:
             teacher_logits, teacher_features = scores[self.teacher], encoded[self.teacher]
-        if cfg.logit_weight > 0:
-            target = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
-            for m in self.students:
-                student = F.log_softmax(scores[m] / t, dim=-1)
-                kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
+            taught = present[self.teacher]
+        target = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
+        for m in self.students:
+            rows = present[m] & taught
+            if not bool(rows.any()):
+                continue
+            if cfg.logit_weight > 0:
+                student = F.log_softmax(scores[m][rows] / t, dim=-1)
+                kl = F.kl_div(student, target[rows], log_target=True, reduction="batchmean")
                 loss = loss + cfg.logit_weight * t * t * kl
-        if self.projections is not None and teacher_features is not None:
-            target = teacher_features.detach().float()
-            for m, projection in self.projections.items():
-                projected = projection(encoded[m].float())
+            if self.projections is not None and teacher_features is not None:
+                projected = self.projections[m](encoded[m][rows].float())
+                aim = teacher_features[rows].detach().float()
                 if cfg.feature_loss == "mse":
-                    distance = F.mse_loss(projected, target)
+                    distance = F.mse_loss(projected, aim)
                 else:
-                    distance = (1 - F.cosine_similarity(projected, target, dim=-1)).mean()
+                    distance = (1 - F.cosine_similarity(projected, aim, dim=-1)).mean()
                 loss = loss + cfg.feature_weight * distance
         return loss
 

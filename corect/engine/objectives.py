@@ -298,10 +298,15 @@ class Objective(nn.Module):
                 head = None if seen.head is None else seen.head[valid].float()
                 loss = loss + self.distillation(logits[valid], seen.batch, valid, head)
             if self.modality_distillation is not None:
+                batch = seen.batch
                 encoded = {m: h[valid] for m, h in seen.encoded.items()}
+                present = {  # not blanked by modality or utterance dropout
+                    m: (batch.features[m][batch.mask] != 0).any(-1)[valid] for m in encoded
+                }
                 head = None if seen.head is None else seen.head[valid]
-                weight = self.cross_entropy.weight
-                loss = loss + self.modality_distillation(logits[valid], encoded, y, weight, head)
+                loss = loss + self.modality_distillation(
+                    logits[valid], encoded, y, self.cross_entropy.weight, head, present
+                )
         seen.clear()
         return loss
 
