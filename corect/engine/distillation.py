@@ -182,6 +182,14 @@ def batch_rows(batch: Batch, offsets: torch.Tensor) -> torch.Tensor:
     return (starts.unsqueeze(1) + batch.positions)[batch.mask]
 
 
+def feature_distance(projected: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over rows of the squared error per dimension (``mse``) or of 1 - cosine
+    (``cosine``) between ``[V, F]`` projected student features and the teacher's."""
+    if kind == "mse":
+        return F.mse_loss(projected, target)
+    return (1 - F.cosine_similarity(projected, target, dim=-1)).mean()
+
+
 class Distillation(nn.Module):
     """The distillation term (module docstring): the teacher's cached train outputs, and
     the learned projection of the student's head input when ``feature_weight`` > 0."""
@@ -216,11 +224,7 @@ class Distillation(nn.Module):
             loss = loss + cfg.logit_weight * t * t * kl
         if self.projection is not None and head_input is not None:
             projected, target = self.projection(head_input), self.teacher_features[rows]
-            if cfg.feature_loss == "mse":
-                distance = F.mse_loss(projected, target)
-            else:
-                distance = (1 - F.cosine_similarity(projected, target, dim=-1)).mean()
-            loss = loss + cfg.feature_weight * distance
+            loss = loss + cfg.feature_weight * feature_distance(projected, target, cfg.feature_loss)
         return loss
 
 
@@ -313,10 +317,7 @@ class ModalityDistillation(nn.Module):
             if self.projections is not None and teacher_features is not None:
                 projected = self.projections[m](encoded[m][rows].float())
                 aim = teacher_features[rows].detach().float()
-                if cfg.feature_loss == "mse":
-                    distance = F.mse_loss(projected, aim)
-                else:
-                    distance = (1 - F.cosine_similarity(projected, aim, dim=-1)).mean()
+                distance = feature_distance(projected, aim, cfg.feature_loss)
                 loss = loss + cfg.feature_weight * distance
         return loss
 
