@@ -38,9 +38,9 @@ def teachers(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def student(tmp_path: Path, teacher: Path, run_name: str = "s", **settings) -> Config:
-    """An audio-only student of `teacher` (`causal`: a causal one), 2 epochs; its data
-    cache is the teacher's (the same data)."""
+def student(tmp_path: Path, teacher: Path | str, run_name: str = "s", **settings) -> Config:
+    """An audio-only student of `teacher` (several: comma-separated; `causal`: a causal
+    student), 2 epochs; its data cache is the (first) teacher's (the same data)."""
     model = {"causal": True} if settings.pop("causal", False) else {}
     distill = {"teacher_run": str(teacher), **settings.pop("distill", {})}
     config = tiny_config(
@@ -49,7 +49,8 @@ def student(tmp_path: Path, teacher: Path, run_name: str = "s", **settings) -> C
         model=model,
         train={"distill": distill, "run_name": run_name, "epochs": 2, **settings},
     )
-    config.data.cache_dir = load_config(teacher / "config.yaml").data.cache_dir
+    first = Path(str(teacher).split(",")[0])
+    config.data.cache_dir = load_config(first / "config.yaml").data.cache_dir
     return config
 
 
@@ -109,6 +110,26 @@ def test_a_teacher_of_other_data_or_no_run_is_refused_naming_the_key(tmp_path, t
         train(missing)
     with pytest.raises(ConfigError, match="teaches nothing"):
         load_config(None, ["train.distill.teacher_run=x", "train.distill.logit_weight=0"])
+
+
+def test_several_teacher_runs_teach_as_an_ensemble(tmp_path, teachers):
+    both = f"{teachers['offline']},{teachers['causal']}"
+    config = student(tmp_path, both, "ensemble", distill={"feature_weight": 0.3})
+    dataset = load_data(config)
+    cpu = torch.device("cpu")
+    targets = distillation.teacher_targets(config, dataset, cpu)
+    alone = [
+        distillation.teacher_targets(student(tmp_path, teachers[mode]), dataset, cpu)
+        for mode in ("offline", "causal")
+    ]
+    mean = (alone[0].logits.softmax(-1) + alone[1].logits.softmax(-1)) / 2
+    torch.testing.assert_close(targets.logits, mean.log())
+    assert torch.equal(targets.features, torch.cat([t.features for t in alone], -1))
+    assert len(targets.paths) == 2 and targets.from_cache
+    run = train(config)  # the projection fits the teachers' features side by side
+    assert (run / "metrics.json").is_file()
+    with pytest.raises(DistillError, match="offline teacher"):  # one offline teacher is enough
+        train(student(tmp_path, both, "causal-ensemble", causal=True))
 
 
 def test_a_distilled_run_resumes_to_the_same_figures(tmp_path, teachers):

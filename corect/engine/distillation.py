@@ -1,8 +1,9 @@
-r"""Distillation from a trained teacher run (``train.distill``; docs/objectives.md).
+r"""Distillation (``train.distill``; docs/objectives.md): from trained teacher runs, or
+from a teacher modality inside the model (:class:`ModalityDistillation`).
 
 A teacher is any completed run (any model, any modalities the dataset has: a t+a+v
-CORECT for an audio-only student, a text model for a video one). Before training,
-:func:`teacher_targets`
+CORECT for an audio-only student, a text model for a video one), or several (an
+ensemble). Before training, :func:`teacher_targets`, for each teacher run,
 
 - refuses an offline teacher for a causal student (:func:`check_causal`: its logits
   carry the future);
@@ -77,15 +78,36 @@ class TeacherTargets:
     logits: torch.Tensor  # [N, classes] float32
     features: torch.Tensor  # [N, F] float32: the teacher's head inputs
     offsets: torch.Tensor  # [D + 1] the train split's dialogue offsets
-    path: Path  # the cache file
-    from_cache: bool
+    paths: list[Path]  # the cache files, one per teacher
+    from_cache: bool  # all were read from the cache
 
 
 def teacher_targets(config: Config, dataset: Dataset, device: torch.device) -> TeacherTargets:
-    """The checked teacher's train-split outputs of ``train.distill.teacher_run`` for the
-    student `config` on `dataset` (see the module docstring): from the cache, or computed
-    on `device` and cached. :class:`DistillError` naming the key when it cannot teach."""
-    run_dir = Path(config.train.distill.teacher_run)
+    r"""The checked teachers' train-split outputs for the student `config` on `dataset`
+    (see the module docstring). ``train.distill.teacher_run`` names one run directory, or
+    several separated by commas: an ensemble, whose logits are the log of the teachers'
+    mean probability, :math:`\log \frac1K \sum_k \mathrm{softmax}(t_k)`, and whose
+    features are their head inputs concatenated. Each teacher is checked, and its outputs
+    cached, on its own. :class:`DistillError` naming the key when one cannot teach."""
+    runs = [Path(r.strip()) for r in config.train.distill.teacher_run.split(",") if r.strip()]
+    each = [one_teacher(config, dataset, device, run_dir) for run_dir in runs]
+    if len(each) == 1:
+        return each[0]
+    probabilities = torch.stack([F.softmax(t.logits, dim=-1) for t in each]).mean(0)
+    return TeacherTargets(
+        probabilities.log(),
+        torch.cat([t.features for t in each], dim=-1),
+        each[0].offsets,
+        [p for t in each for p in t.paths],
+        all(t.from_cache for t in each),
+    )
+
+
+def one_teacher(
+    config: Config, dataset: Dataset, device: torch.device, run_dir: Path
+) -> TeacherTargets:
+    """The train-split outputs of the teacher run `run_dir`, checked: from the cache, or
+    computed on `device` and cached."""
     key = f"train.distill.teacher_run={str(run_dir)!r}"
     try:
         checkpoint = load_checkpoint(run_dir)
@@ -107,13 +129,13 @@ def teacher_targets(config: Config, dataset: Dataset, device: torch.device) -> T
     cached = read_cache(path, train.num_utterances, len(view.labels))
     if cached is not None:
         log.info("teacher %s: outputs read from %s", run_dir, path)
-        return TeacherTargets(*cached, train.offsets, path, True)
+        return TeacherTargets(*cached, train.offsets, [path], True)
     logits, features = compute_teacher_outputs(run_dir, view, device)
     metadata = {"format": CACHE_FORMAT, "teacher_run": str(run_dir.resolve())}
     with atomic_target(path) as tmp:
         save_file({"logits": logits, "features": features}, str(tmp), metadata=metadata)
     log.info("teacher %s: outputs computed and cached in %s", run_dir, path)
-    return TeacherTargets(logits, features, train.offsets, path, False)
+    return TeacherTargets(logits, features, train.offsets, [path], False)
 
 
 def check_causal(student: Config, teacher: Config, key: str) -> None:
