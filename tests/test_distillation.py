@@ -19,7 +19,7 @@ from corect.engine.distillation import (
     DistillError,
     ModalityDistillation,
     batch_rows,
-    score_modality_heads,
+    modality_head_metrics,
 )
 from corect.engine.scoring import evaluate_run, predict
 from corect.engine.training import build_loss, build_optimizer, train, train_step
@@ -167,7 +167,7 @@ def test_a_teacher_modality_teaches_the_other_modalities_heads_in_one_run(tmp_pa
     module = ModalityDistillation(config.train.distill, "tav", 6, config.model, 16)
     module.heads.load_state_dict(checkpoint["modality_heads"])
     dataset = load_data(config)
-    alone = score_modality_heads(
+    alone = modality_head_metrics(
         model, module.heads, dataset.splits["test"], dataset.labels, 4, torch.device("cpu")
     )
     for m in "tav":

@@ -123,7 +123,7 @@ def save_checkpoint(
     per-modality heads of in-model distillation, kept beside the model's weights (key
     ``modality_heads``) so the run's students are scored at the best epoch."""
     checkpoint = {
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": cpu_state_dict(model.state_dict()),
         "config": config.to_dict(),
         "labels": list(dataset.labels),
         "dims": dict(dataset.dims),
@@ -135,9 +135,14 @@ def save_checkpoint(
         "epoch": epoch,
     }
     if modality_heads is not None:
-        state = modality_heads.state_dict()
-        checkpoint["modality_heads"] = {k: v.detach().cpu() for k, v in state.items()}
+        checkpoint["modality_heads"] = cpu_state_dict(modality_heads.state_dict())
     save_atomic(checkpoint, path)
+
+
+def cpu_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict's tensors detached and on the CPU, as checkpoints and training states
+    save them."""
+    return {k: v.detach().cpu() for k, v in state_dict.items()}
 
 
 def save_atomic(data: dict[str, Any], path: Path) -> None:

@@ -269,7 +269,7 @@ class ModalityDistillation(nn.Module):
     the teacher, never the teacher from them. The heads are the shared
     :class:`~corect.models.encoders.ClassifierHead`; they are no part of the model's
     forward (its predictions are unchanged in kind), and are saved with the best
-    checkpoint so :func:`score_modality_heads` scores each student alone on dev and test.
+    checkpoint so :func:`score_modality_heads` scores each head alone on dev and test.
     """
 
     def __init__(
@@ -345,7 +345,7 @@ class ModalityDistillation(nn.Module):
 
 
 @torch.no_grad()
-def score_modality_heads(
+def modality_head_metrics(
     model: nn.Module,
     heads: nn.ModuleDict,
     split: SplitData,
@@ -368,3 +368,33 @@ def score_modality_heads(
         m: classification_metrics(truth, torch.cat(out).argmax(1).numpy(), labels)
         for m, out in outputs.items()
     }
+
+
+def score_modality_heads(
+    config: Config,
+    dataset: Dataset,
+    model: nn.Module,
+    heads: nn.ModuleDict,
+    device: torch.device,
+    test: bool,
+) -> dict[str, dict[str, Any]]:
+    """Modality -> its role (teacher or student) and the metrics of its head alone on dev
+    (and test), each logged."""
+    teacher = config.train.distill.teacher_modality
+    scored: dict[str, dict[str, Any]] = {
+        m: {"role": "teacher" if m == teacher else "student"} for m in heads
+    }
+    for name in ("dev", "test") if test else ("dev",):
+        split = dataset.splits[name]
+        for m, metrics in modality_head_metrics(
+            model, heads, split, dataset.labels, config.train.batch_size, device
+        ).items():
+            scored[m][name] = metrics
+    for m, entry in scored.items():
+        figures = " | ".join(
+            f"{name} acc {entry[name]['accuracy']:.4f} wF1 {entry[name]['weighted_f1']:.4f}"
+            for name in ("dev", "test")
+            if name in entry
+        )
+        log.info("modality head %s (%s) alone: %s", m, entry["role"], figures)
+    return scored

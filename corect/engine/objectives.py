@@ -39,6 +39,7 @@ from corect.config import Config, ConfigError, LossConfig
 from corect.data.batching import Batch
 from corect.data.dataset import Dataset
 from corect.engine.distillation import Distillation, ModalityDistillation, teacher_targets
+from corect.models.encoders import cosine_logits
 
 # Offset of the objective's own random stream from train.seed (prototypes, projection).
 OBJECTIVE_SEED_OFFSET = 7919
@@ -236,7 +237,7 @@ class Prototypes(nn.Module):
         unit = F.normalize(z, dim=-1)
         if self.kind == "running":
             self.update(unit, labels)
-        logits = unit @ F.normalize(self.centres, dim=-1).T / temperature
+        logits = cosine_logits(unit, self.centres, temperature)
         if self.kind == "running":
             logits = logits.masked_fill(~self.seen, float("-inf"))
         return logits

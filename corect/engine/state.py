@@ -38,6 +38,7 @@ from corect.data.dataset import Dataset
 from corect.engine.checkpoints import (
     TRAINING_STATE,
     check_run_data,
+    cpu_state_dict,
     live_trainer,
     load_checkpoint,
     run_status,
@@ -103,15 +104,16 @@ def save_training_state(
     flushing TensorBoard's events so that those on disk reach the state's step. Reads
     the random states without drawing from them."""
     writer.flush()
+    objective = loop.objective
     state = {
         "format": STATE_FORMAT,
         "config": config.to_dict(),
         "progress": asdict(progress),
-        "model": _cpu(loop.model.state_dict()),
+        "model": cpu_state_dict(loop.model.state_dict()),
         "optimizer": loop.optimizer.state_dict(),
         "scheduler": loop.scheduler.state_dict() if loop.scheduler is not None else None,
         "scaler": loop.scaler.state_dict(),
-        "objective": _cpu(loop.objective.state_dict()) if loop.objective is not None else {},
+        "objective": cpu_state_dict(objective.state_dict()) if objective is not None else {},
         "rng": random_states(loop.generator),
         "tensorboard_step": progress.epoch,
         "device": str(next(loop.model.parameters()).device),
@@ -148,10 +150,6 @@ def restore_training_state(state: dict[str, Any], loop: Loop, run_dir: Path) -> 
         progress.best_epoch,
     )
     return progress
-
-
-def _cpu(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in state_dict.items()}
 
 
 def random_states(generator: torch.Generator) -> dict[str, Any]:

@@ -365,40 +365,10 @@ def finish_run(
     }
     if modality_heads is not None:
         modality_heads.load_state_dict(checkpoint["modality_heads"])
-        heads = score_heads(config, dataset, model, modality_heads, device, test)
+        heads = score_modality_heads(config, dataset, model, modality_heads, device, test)
         results["modality_heads"] = heads
     write_json_atomic(run_dir / "metrics.json", results)
     log_results(writer, run_dir, config, dataset, scored, best_epoch, results["seconds_per_epoch"])
-
-
-def score_heads(
-    config: Config,
-    dataset: Dataset,
-    model: nn.Module,
-    heads: nn.ModuleDict,
-    device: torch.device,
-    test: bool,
-) -> dict[str, dict[str, Any]]:
-    """Modality -> its role (teacher or student) and the metrics of its head alone on dev
-    (and test), each logged."""
-    teacher = config.train.distill.teacher_modality
-    scored: dict[str, dict[str, Any]] = {
-        m: {"role": "teacher" if m == teacher else "student"} for m in heads
-    }
-    for name in ("dev", "test") if test else ("dev",):
-        split = dataset.splits[name]
-        for m, metrics in score_modality_heads(
-            model, heads, split, dataset.labels, config.train.batch_size, device
-        ).items():
-            scored[m][name] = metrics
-    for m, entry in scored.items():
-        figures = " | ".join(
-            f"{name} acc {entry[name]['accuracy']:.4f} wF1 {entry[name]['weighted_f1']:.4f}"
-            for name in ("dev", "test")
-            if name in entry
-        )
-        log.info("modality head %s (%s) alone: %s", m, entry["role"], figures)
-    return scored
 
 
 def build_optimizer(

@@ -316,8 +316,13 @@ class PrototypeLogits(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """u: ``[N, dim]`` -> logits ``[N, classes]``."""
-        unit = nn.functional.normalize(u, dim=-1)
-        return unit @ nn.functional.normalize(self.prototypes, dim=-1).T / self.temperature
+        return cosine_logits(nn.functional.normalize(u, dim=-1), self.prototypes, self.temperature)
+
+
+def cosine_logits(unit: torch.Tensor, prototypes: torch.Tensor, temperature: float) -> torch.Tensor:
+    """cos(u, c_k) / τ of unit vectors ``[N, d]`` against prototypes ``[K, d]`` (any
+    length): ``[N, K]``. The prototype classifier's and ``train.loss.prototype``'s logits."""
+    return unit @ nn.functional.normalize(prototypes, dim=-1).T / temperature
 
 
 class ClassifierHead(nn.Module):
